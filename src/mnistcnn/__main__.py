@@ -1,0 +1,3 @@
+from mnistcnn.cli import main
+
+raise SystemExit(main())

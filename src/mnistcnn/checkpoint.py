@@ -1,0 +1,99 @@
+"""Saving and loading model files: atomic writes, `weights_only=True` reads, one-line errors.
+
+A model file is the model's `state_dict`, which describes itself (see `model.DigitNet`). Files
+are written to a temporary file in the same folder, fsynced, then renamed over the target, so a
+crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from mnistcnn.errors import CheckpointError
+from mnistcnn.model import DigitNet, model_from_state
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write` on a temp file beside `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically replace a text file."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_model(model: DigitNet, path: str | Path) -> None:
+    """Atomically write the model's state_dict (with its description) to `path`."""
+    state = {
+        k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a state_dict with `weights_only=True`: plain tensors and containers, never code."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"model file is empty (0 bytes): {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()
+        hint = next((line for line in reason if "Unsupported" in line), reason[0] if reason else "")
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects, not only weights, and loading "
+            f"it could run code ({hint.strip()[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"not a readable PyTorch model file (truncated or corrupt?): {path} ({detail})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> DigitNet:
+    """Rebuild the model a `.pth` describes and load its weights, in eval mode."""
+    try:
+        model = model_from_state(load_state(path))
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{exc} ({path})") from None
+    return model.to(device).eval()

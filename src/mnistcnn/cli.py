@@ -1,0 +1,177 @@
+"""The `mnistcnn` command: argparse subcommands with thin handlers over the library.
+
+Exit codes: 0 success, 1 a MnistCnnError (one line on stderr), 2 a usage error, 130 Ctrl-C.
+Heavy modules are imported inside the handlers, so `predict` never loads torchvision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mnistcnn import __version__
+from mnistcnn.errors import MnistCnnError
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _stdout(text: str) -> None:
+    print(text, flush=True)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    sets = list(args.set)
+    if getattr(args, "data_dir", None):
+        sets.append(f"data.root={json.dumps(args.data_dir)}")
+    if getattr(args, "device", None):
+        sets.append(f"train.device={args.device}")
+    if getattr(args, "output", None):
+        sets.append(f"train.output={json.dumps(args.output)}")
+    return sets
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistcnn.config import load_config
+    from mnistcnn.engine import fit
+
+    cfg = load_config(args.config, _overrides(args))
+    log = _stderr if args.json else _stdout
+    progress = not args.quiet and sys.stderr.isatty()
+    result = fit(cfg, overwrite=args.overwrite, progress=progress, log=log)
+    if args.json:
+        _print_json(result)
+    else:
+        _stdout(
+            f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})"
+        )
+        _stdout(f"saved {result['model']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mnistcnn.checkpoint import load_model
+    from mnistcnn.data import load_mnist
+    from mnistcnn.engine import predict_logits, resolve_device
+    from mnistcnn.metrics import classification_report, format_report
+
+    device = resolve_device(args.device or "auto")
+    model = load_model(args.model, device)
+    test = load_mnist(args.data_dir, train=False, download=not args.no_download).to(device)
+    logits = predict_logits(model, test, args.batch_size, device)
+    report = classification_report(logits, test.labels)
+    _print_json(report) if args.json else _stdout(format_report(report))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnistcnn.checkpoint import load_model
+    from mnistcnn.predict import predict_paths
+
+    model = load_model(args.model)
+    failed = 0
+    results = []
+    for p in predict_paths(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed):
+        results.append(p)
+        if p.error:
+            failed += 1
+            _stderr(f"mnistcnn: error: {p.error}")
+        elif not args.json:
+            others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
+            _stdout(f"{p.path}: {p.label}  (p={p.probability:.3f})  {others}".rstrip())
+    if not results:
+        raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
+    if args.json:
+        _print_json([dataclasses.asdict(p) for p in results])
+    return 1 if failed else 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from mnistcnn.config import dump, load_config
+
+    print(dump(load_config(args.config, _overrides(args))), end="")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="YAML", help="config file (default: the base recipe)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding MNIST/raw/ (data.root)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mnistcnn", description="Train, evaluate and use CNNs on handwritten digits (MNIST)."
+    )
+    parser.add_argument("--version", action="version", version=f"mnistcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    _add_config_args(train)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (train.device)")
+    train.add_argument(
+        "--output", "-o", metavar="PTH", help="where to save the model (train.output)"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    train.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(handler=cmd_train)
+
+    ev = sub.add_parser("eval", help="test-set accuracy and per-class metrics of a model")
+    ev.add_argument("model", metavar="MODEL.pth")
+    ev.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
+    ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    ev.add_argument("--batch-size", type=int, default=2000, metavar="N")
+    ev.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.set_defaults(handler=cmd_eval)
+
+    pr = sub.add_parser("predict", help="classify image files of handwritten digits")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    pr.add_argument("--model", "-m", default="models/cnn.pth", metavar="MODEL.pth")
+    pr.add_argument("--top-k", "-k", type=int, default=1, choices=range(1, 11), metavar="K")
+    pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.add_argument(
+        "--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file"
+    )
+    pr.set_defaults(handler=cmd_predict)
+
+    cfg = sub.add_parser("config", help="inspect configs")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = cfg_sub.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    show.set_defaults(handler=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors (2)
+        return int(exc.code or 0)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except MnistCnnError as exc:
+        _stderr(f"mnistcnn: error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        _stderr("mnistcnn: interrupted")
+        return 130

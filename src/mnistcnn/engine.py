@@ -1,0 +1,346 @@
+"""Training and evaluation: `train_one_epoch`, `evaluate`, and `fit`, the one orchestrator.
+
+The loops are functions of their inputs (model, batches, optimizer, device) and return metric
+dicts. `fit` resolves the device once, builds everything from a Config, keeps the best weights
+by validation accuracy (saved atomically as soon as they improve), and tests them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistcnn import config as config_mod
+from mnistcnn.checkpoint import atomic_write_text, save_model
+from mnistcnn.config import AugmentConfig, Config
+from mnistcnn.data import (
+    Split,
+    eval_batches,
+    load_mnist,
+    random_affine,
+    split_train_val,
+    to_float,
+    train_loader,
+)
+from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
+from mnistcnn.model import build_model, count_parameters
+
+# Schedulers that expect a step per batch; every other one steps once per epoch.
+PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA if available, else CPU; an unavailable explicit device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but CUDA is not available here; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device is mps but MPS is not available here; use auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global RNGs (weight init, dropout)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _construct(section: str, cls: type, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{section}: {cls.__name__}: {exc}") from None
+
+
+def build_loss(cfg: Config) -> nn.Module:
+    """The configured loss module."""
+    return _construct("loss", config_mod.losses()[cfg.loss.name], **cfg.loss.kwargs)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured `torch.optim` optimizer over the model's parameters."""
+    cls = config_mod.optimizers()[cfg.optim.name]
+    return _construct("optim", cls, model.parameters(), **cfg.optim.kwargs)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """The configured LR scheduler, or None. OneCycleLR's length and peak default to the run's."""
+    if cfg.sched.name is None:
+        return None
+    kwargs = dict(cfg.sched.kwargs)
+    if cfg.sched.name == "OneCycleLR":
+        if not {"total_steps", "epochs", "steps_per_epoch"} & kwargs.keys():
+            kwargs["total_steps"] = cfg.train.epochs * steps_per_epoch
+        kwargs.setdefault("max_lr", optimizer.param_groups[0]["lr"])
+    return _construct("sched", config_mod.schedulers()[cfg.sched.name], optimizer, **kwargs)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    # Mixed precision pays off on CUDA tensor cores; on CPU it is slower for these small convs.
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+    scheduler: Any = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    log_every: int = 50,
+    progress: tqdm | None = None,
+    epoch: int = 1,
+) -> dict[str, float]:
+    """One pass over `batches` of (uint8 images, labels); returns mean loss and accuracy.
+
+    `scheduler`, if given, steps after every batch. Losses stay on the device and are checked
+    for NaN/inf (and shown) every `log_every` steps, so the loop does not sync each batch.
+    """
+    model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    losses: list[torch.Tensor] = []
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    checked = 0
+
+    def check(upto: int) -> None:
+        recent = torch.stack(losses[checked:upto])
+        if not torch.isfinite(recent).all():
+            batch = checked + int((~torch.isfinite(recent)).nonzero()[0]) + 1
+            raise TrainingError(
+                f"loss became {recent[batch - checked - 1].item()} at epoch {epoch}, batch "
+                f"{batch}; training stopped. Try a smaller learning rate (optim.lr)"
+            )
+        if progress is not None:
+            progress.set_postfix(
+                loss=f"{recent.mean().item():.4f}", acc=f"{correct.item() / seen:.4f}"
+            )
+            progress.update(upto - checked)
+
+    for step, (images, labels) in enumerate(batches, 1):
+        images = to_float(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = random_affine(images, augment, generator)
+        images = images.contiguous(memory_format=memory_format)
+        with _autocast(device, amp):
+            logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % log_every == 0:
+            check(step)
+            checked = step
+    if len(losses) > checked:
+        check(len(losses))
+    return {"loss": torch.stack(losses).mean().item(), "accuracy": correct.item() / seen}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (N, 10) for a whole split, streamed in large batches."""
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    outputs = []
+    for images, _ in eval_batches(split, batch_size):
+        images = to_float(images.to(device, non_blocking=True)).contiguous(
+            memory_format=memory_format
+        )
+        with _autocast(device, amp):
+            outputs.append(model(images).float())
+    return torch.cat(outputs)
+
+
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, device: torch.device, **kwargs: Any
+) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of `model` on `split`."""
+    logits = predict_logits(model, split, batch_size, device, **kwargs)
+    labels = split.labels.to(logits.device)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+    }
+
+
+def _metrics_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def output_paths(cfg: Config) -> dict[str, Path]:
+    """Where a run writes: the model, its resolved config and its per-epoch metrics."""
+    model = Path(cfg.train.output)
+    return {
+        "model": model,
+        "config": model.with_suffix(".yaml"),
+        "metrics": model.with_suffix(".metrics.csv"),
+    }
+
+
+def fit(
+    cfg: Config,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train a model as `cfg` says, save the best-by-validation weights, test them; the summary."""
+    paths = output_paths(cfg)
+    if paths["model"].exists() and not overwrite:
+        raise MnistCnnError(
+            f"{paths['model']} already exists; pass --overwrite to replace it "
+            "or --set train.output=OTHER.pth"
+        )
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+
+    started = time.perf_counter()
+    train_split, val_split = split_train_val(
+        load_mnist(cfg.data.root, train=True, download=cfg.data.download), cfg.data
+    )
+    test_split = load_mnist(cfg.data.root, train=False, download=cfg.data.download)
+    train_split, val_split, test_split = (
+        s.to(device) for s in (train_split, val_split, test_split)
+    )
+
+    model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    runner: nn.Module = torch.compile(model) if cfg.train.compile else model
+    loss_fn = build_loss(cfg)
+    optimizer = build_optimizer(cfg, model)
+    order = torch.Generator().manual_seed(cfg.train.seed)
+    loader = train_loader(train_split, cfg.data.batch_size, order)
+    scheduler = build_scheduler(cfg, optimizer, len(loader))
+    per_step = cfg.sched.name in PER_STEP_SCHEDULERS
+    aug_generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
+    augment = cfg.data.augment
+    if not (augment.degrees or augment.translate or augment.scale):
+        augment = None
+    speed = {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last}
+
+    log(
+        f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
+        f"device {device}; {len(train_split)} train / {len(val_split)} val / "
+        f"{len(test_split)} test images"
+    )
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"val_accuracy": -1.0}
+    epoch = 0
+    try:
+        for epoch in range(1, cfg.train.epochs + 1):
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            with tqdm(
+                total=len(loader),
+                desc=f"epoch {epoch}/{cfg.train.epochs}",
+                file=sys.stderr,
+                disable=not progress,
+                leave=False,
+                dynamic_ncols=True,
+            ) as bar:
+                train = train_one_epoch(
+                    runner,
+                    loader,
+                    optimizer,
+                    loss_fn,
+                    device=device,
+                    augment=augment,
+                    generator=aug_generator,
+                    scheduler=scheduler if per_step else None,
+                    log_every=cfg.train.log_every,
+                    progress=bar,
+                    epoch=epoch,
+                    **speed,
+                )
+            val = evaluate(runner, val_split, cfg.data.eval_batch_size, device, **speed)
+            if scheduler is not None and not per_step:
+                is_plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                scheduler.step(val["loss"]) if is_plateau else scheduler.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": round(train["loss"], 6),
+                "train_accuracy": round(train["accuracy"], 6),
+                "val_loss": round(val["loss"], 6),
+                "val_accuracy": round(val["accuracy"], 6),
+                "lr": lr,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            history.append(row)
+            log(
+                f"epoch {epoch:>3}/{cfg.train.epochs}  train loss {train['loss']:.4f} "
+                f"acc {100 * train['accuracy']:.2f}%  val loss {val['loss']:.4f} "
+                f"acc {100 * val['accuracy']:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s"
+            )
+            if val["accuracy"] > best["val_accuracy"]:
+                best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+                best["state"] = {
+                    k: v.detach().clone() if torch.is_tensor(v) else v
+                    for k, v in model.state_dict().items()
+                }
+                model.meta = {k: v for k, v in best.items() if k != "state"}
+                save_model(model, paths["model"])
+            atomic_write_text(paths["metrics"], _metrics_csv(history))
+    except KeyboardInterrupt:
+        saved = f"the best model so far (epoch {best['epoch']}) is in {paths['model']}"
+        log(f"interrupted in epoch {epoch}; " + (saved if "epoch" in best else "nothing saved"))
+        raise
+    atomic_write_text(paths["config"], config_mod.dump(cfg))
+
+    model.load_state_dict(best.pop("state"))
+    test = evaluate(model, test_split, cfg.data.eval_batch_size, device, **speed)
+    seconds = time.perf_counter() - started
+    model.meta = {
+        **best,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "epochs": cfg.train.epochs,
+        "train_seconds": round(seconds, 1),
+        "parameters": count_parameters(model),
+        "torch": str(torch.__version__),
+    }
+    save_model(model, paths["model"])
+    return {**model.meta, "model": str(paths["model"]), "device": str(device)}

@@ -1,0 +1,64 @@
+"""Classification metrics from predictions: confusion matrix, per-class precision/recall/F1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mnistcnn.model import NUM_CLASSES
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(10, 10) counts; row = true label, column = predicted label."""
+    flat = labels.long().cpu() * NUM_CLASSES + preds.long().cpu()
+    return torch.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Loss, accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+    logits, labels = logits.float().cpu(), labels.cpu()
+    preds = logits.argmax(1)
+    cm = confusion_matrix(preds, labels)
+    tp = cm.diag().double()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {
+        "images": len(labels),
+        "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
+        "accuracy": (preds == labels).double().mean().item(),
+        "per_class": [
+            {
+                "digit": d,
+                "precision": precision[d].item(),
+                "recall": recall[d].item(),
+                "f1": f1[d].item(),
+                "support": int(cm[d].sum()),
+            }
+            for d in range(NUM_CLASSES)
+        ],
+        "confusion": cm.tolist(),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text tables."""
+    lines = [
+        f"test images: {report['images']}",
+        f"loss: {report['loss']:.4f}",
+        f"accuracy: {100 * report['accuracy']:.2f} %",
+        "",
+        "digit  precision  recall     f1  support",
+    ]
+    lines += [
+        f"{c['digit']:>5}  {c['precision']:>9.4f}  {c['recall']:>6.4f}  {c['f1']:.4f}"
+        f"  {c['support']:>7}"
+        for c in report["per_class"]
+    ]
+    lines += ["", "confusion (rows: true, columns: predicted)"]
+    lines.append("     " + "".join(f"{d:>6}" for d in range(NUM_CLASSES)))
+    lines += [
+        f"{d:>5}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(report["confusion"])
+    ]
+    return "\n".join(lines)

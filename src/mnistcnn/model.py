@@ -1,0 +1,238 @@
+"""The CNNs, their name -> class registry, and the self-describing state_dict.
+
+Every model takes images in [0, 1], shaped (N, 1, 28, 28), normalizes them itself and returns
+logits (N, 10). Its architecture name, arguments, normalization and training metrics travel in
+the state_dict under `_extra_state` as plain data, so a saved `.pth` rebuilds itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistcnn.errors import CheckpointError, ConfigError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+# Bumped when the extra state changes meaning; a newer file is refused, not misread.
+FORMAT_VERSION = 1
+
+
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output side of a convolution or pooling layer: floor((size + 2p - k) / s) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class DigitNet(nn.Module):
+    """Base of every registered model: normalization in `forward`, identity in extra state."""
+
+    arch = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.args: dict[str, Any] = {}
+        self.mean = MNIST_MEAN
+        self.std = MNIST_STD
+        self.meta: dict[str, Any] = {}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits((images - self.mean) / self.std)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "arch": self.arch,
+            "args": self.args,
+            "mean": self.mean,
+            "std": self.std,
+            "meta": self.meta,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        describe(state)  # validates
+        if state["arch"] != self.arch or state["args"] != self.args:
+            raise CheckpointError(
+                f"weights are for {state['arch']}{state['args']}, not {self.arch}{self.args}"
+            )
+        self.mean, self.std, self.meta = state["mean"], state["std"], dict(state["meta"])
+
+
+def describe(state: Any) -> dict[str, Any]:
+    """Check a `_extra_state` dict written by `DigitNet.get_extra_state` and return it."""
+    keys = {"format", "arch", "args", "mean", "std", "meta"}
+    if not isinstance(state, dict) or not keys <= state.keys():
+        raise CheckpointError("the file's _extra_state is not an mnistcnn model description")
+    if not isinstance(state["format"], int) or state["format"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"the file uses model format {state['format']}, newer than this mnistcnn "
+            f"understands ({FORMAT_VERSION}); upgrade mnistcnn"
+        )
+    if state["arch"] not in MODELS:
+        raise CheckpointError(
+            f"unknown architecture {state['arch']!r}; known: {', '.join(sorted(MODELS))}"
+        )
+    return state
+
+
+class Baseline(DigitNet):
+    """The common PyTorch MNIST example: conv-conv-pool-dropout-fc-dropout-fc."""
+
+    arch = "baseline"
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64),
+        hidden: int = 128,
+        dropout: tuple[float, ...] = (0.25, 0.5),
+    ) -> None:
+        super().__init__()
+        if len(channels) != 2 or len(dropout) != 2:
+            raise ConfigError("model: baseline takes exactly two channels and two dropout rates")
+        side = conv_out(conv_out(IMAGE_SIZE, 3), 3) // 2  # two valid 3x3 convs, then 2x2 pool
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels[0], 3),  # (N, 32, 26, 26)
+            nn.ReLU(),
+            nn.Conv2d(channels[0], channels[1], 3),  # (N, 64, 24, 24)
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (N, 64, 12, 12)
+            nn.Dropout(dropout[0]),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(channels[1] * side * side, hidden),  # 9216 -> 128 with the defaults
+            nn.ReLU(),
+            nn.Dropout(dropout[1]),
+            nn.Linear(hidden, NUM_CLASSES),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ConvBlock(nn.Sequential):
+    """Conv -> BatchNorm -> ReLU, 'same' padding; the bias is redundant before BatchNorm."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, batch_norm: bool) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=not batch_norm),
+            nn.BatchNorm2d(cout) if batch_norm else nn.Identity(),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Stage(nn.Module):
+    """`convs` ConvBlocks at one resolution; with `residual`, blocks after the first add a skip."""
+
+    def __init__(
+        self, cin: int, cout: int, convs: int, kernel_size: int, batch_norm: bool, residual: bool
+    ) -> None:
+        super().__init__()
+        self.first = ConvBlock(cin, cout, kernel_size, batch_norm)
+        self.rest = nn.ModuleList(
+            ConvBlock(cout, cout, kernel_size, batch_norm) for _ in range(convs - 1)
+        )
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        for block in self.rest:
+            x = x + block(x) if self.residual else block(x)
+        return x
+
+
+class CNN(DigitNet):
+    """The default: stages of BatchNorm conv blocks, 2x2 max-pool between stages, global average
+    pool, dropout, linear. 28 -> 14 -> 7 with three stages."""
+
+    arch = "cnn"
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (32, 64, 128),
+        convs_per_stage: tuple[int, ...] = (2, 2, 1),
+        kernel_size: int = 3,
+        batch_norm: bool = True,
+        dropout: float = 0.1,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if not channels or len(convs_per_stage) != len(channels) or min(convs_per_stage) < 1:
+            raise ConfigError(
+                "model: convs_per_stage needs one count >= 1 per entry of channels "
+                f"(got channels={list(channels)}, convs_per_stage={list(convs_per_stage)})"
+            )
+        if kernel_size % 2 == 0 or not 0 <= dropout < 1:
+            raise ConfigError("model: kernel_size must be odd and dropout in [0, 1)")
+        if len(channels) > 5:
+            raise ConfigError("model: at most 5 stages (each halves the 28-pixel side)")
+        stages: list[nn.Module] = []
+        cin = 1
+        for i, (cout, convs) in enumerate(zip(channels, convs_per_stage, strict=True)):
+            if i:
+                stages.append(nn.MaxPool2d(2))
+            stages.append(Stage(cin, cout, convs, kernel_size, batch_norm, residual))
+            cin = cout
+        self.features = nn.Sequential(*stages)  # (N, channels[-1], 28 / 2**(stages-1), ...)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),  # (N, channels[-1], 1, 1)
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(cin, NUM_CLASSES),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MODELS: dict[str, type[DigitNet]] = {cls.arch: cls for cls in (Baseline, CNN)}
+
+
+def build_model(
+    name: str, kwargs: dict[str, Any], mean: float = MNIST_MEAN, std: float = MNIST_STD
+) -> DigitNet:
+    """Build a registered model; its full arguments (defaults included) are recorded."""
+    if name not in MODELS:
+        raise ConfigError(f"model: unknown name {name!r}; valid: {', '.join(sorted(MODELS))}")
+    cls = MODELS[name]
+    try:
+        bound = inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    bound.apply_defaults()
+    model = cls(*bound.args, **bound.kwargs)
+    model.args = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()}
+    model.mean, model.std = float(mean), float(std)
+    return model
+
+
+def model_from_state(state_dict: dict[str, Any]) -> DigitNet:
+    """Rebuild a model from a state_dict carrying its `_extra_state` description."""
+    if "_extra_state" not in state_dict:
+        raise CheckpointError(
+            "the file has no _extra_state model description (not saved by mnistcnn?)"
+        )
+    info = describe(state_dict["_extra_state"])
+    try:
+        model = build_model(info["arch"], info["args"], info["mean"], info["std"])
+    except ConfigError as exc:
+        raise CheckpointError(f"the file's model description is invalid: {exc}") from None
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        raise CheckpointError(f"weights do not fit the {info['arch']} model: {detail}") from None
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
