@@ -20,7 +20,6 @@ import torch
 from mnistcnn.errors import CheckpointError
 from mnistcnn.model import DigitNet, model_from_state
 
-
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

@@ -59,15 +59,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from mnistcnn.checkpoint import load_model
-    from mnistcnn.data import load_mnist
+    from mnistcnn.data import default_cache_dir, load_mnist
     from mnistcnn.engine import predict_logits, resolve_device
     from mnistcnn.metrics import classification_report, format_report
 
     device = resolve_device(args.device or "auto")
-    model = load_model(args.model, device)
-    test = load_mnist(args.data_dir, train=False, download=not args.no_download).to(device)
-    logits = predict_logits(model, test, args.batch_size, device)
+    model = load_model(args.model, device).to(memory_format=torch.channels_last)
+    test = load_mnist(
+        args.data_dir, train=False, download=not args.no_download, cache=default_cache_dir()
+    ).to(device)
+    logits = predict_logits(model, test, args.batch_size, device, channels_last=True)
     report = classification_report(logits, test.labels)
     _print_json(report) if args.json else _stdout(format_report(report))
     return 0

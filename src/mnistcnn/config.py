@@ -69,6 +69,7 @@ class DataConfig:
 
     root: str = "data"
     download: bool = True
+    cache: bool = True
     val_size: int = 5000
     split_seed: int = 0
     subset: int = 0
@@ -98,7 +99,7 @@ class Component:
 class TrainConfig:
     """The loop: length, seed, device and where the model goes."""
 
-    epochs: int = 15
+    epochs: int = 20
     seed: int = 0
     device: str = "auto"
     output: str = "models/cnn.pth"

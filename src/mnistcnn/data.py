@@ -7,7 +7,10 @@ converted and augmented a whole batch at a time with tensor ops: no per-sample P
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from mnistcnn.checkpoint import atomic_write
 from mnistcnn.config import AugmentConfig, DataConfig
 from mnistcnn.errors import DataError
 
-RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+# md5 of the original uncompressed files: anything else is not MNIST, or is damaged.
+OFFICIAL_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+RAW_FILES = tuple(OFFICIAL_MD5)
+
+
+def default_cache_dir() -> Path:
+    """Where decoded tensors are cached: $MNISTCNN_CACHE, else ~/.cache/mnistcnn."""
+    env = os.environ.get("MNISTCNN_CACHE")
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(env) if env else Path(base) / "mnistcnn"
 
 
 @dataclass(frozen=True)
@@ -50,24 +63,72 @@ def _missing_message(root: Path, exc: BaseException) -> str:
     )
 
 
-def load_mnist(root: str | Path, train: bool, download: bool = True) -> Split:
-    """The 60k training or 10k test images, read (and if needed downloaded) by torchvision."""
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(raw: Path, names: list[str]) -> str | None:
+    """The files' combined checksum if all are present; a DataError if one is not MNIST."""
+    if not all((raw / name).is_file() for name in names):
+        return None
+    for name in names:
+        if _md5(raw / name) != OFFICIAL_MD5[name]:
+            raise DataError(
+                f"{raw / name} is not the original MNIST file (its md5 differs: truncated or "
+                "corrupt?); delete it and download again, or copy a good one there"
+            )
+    return OFFICIAL_MD5[names[0]][:12]
+
+
+def _decode(root: Path, train: bool, download: bool, names: list[str]) -> Split:
+    """Read (and if needed download) the IDX files with torchvision."""
     from torchvision.datasets import MNIST
 
-    root = Path(root).expanduser()
-    raw = root / "MNIST" / "raw"
-    prefix = "train" if train else "t10k"
     try:
         ds = MNIST(str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises bare RuntimeErrors for missing and corrupt files
-        names = [f for f in RAW_FILES if f.startswith(prefix)]
+        raw = root / "MNIST" / "raw"
         if not all((raw / name).is_file() for name in names):
             raise DataError(_missing_message(root, exc)) from None
         raise DataError(
-            f"MNIST files {', '.join(names)} in {raw} are corrupt or truncated "
+            f"MNIST files {', '.join(names)} in {raw} cannot be read "
             f"({type(exc).__name__}: {exc}); delete them and download again"
         ) from None
     return Split(ds.data, ds.targets)
+
+
+def load_mnist(
+    root: str | Path, train: bool, download: bool = True, cache: Path | None = None
+) -> Split:
+    """The 60k training or 10k test images as uint8 tensors.
+
+    The IDX files are checked against MNIST's published md5s, decoded once by torchvision
+    (which downloads them for online users) and cached in `cache` as a tensor file named by
+    that checksum, so later runs skip torchvision entirely. `cache=None`: no cache.
+    """
+    root = Path(root).expanduser()
+    raw = root / "MNIST" / "raw"
+    names = [name for name in RAW_FILES if name.startswith("train" if train else "t10k")]
+    checksum = _verified(raw, names)
+    cached = cache / f"mnist-{names[0][:5]}-{checksum}.pt" if cache and checksum else None
+    if cached is not None and cached.is_file():
+        try:
+            tensors = torch.load(cached, weights_only=True)
+            return Split(tensors["images"], tensors["labels"])
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            cached.unlink(missing_ok=True)
+    split = _decode(root, train, download, names)
+    checksum = checksum or _verified(raw, names)
+    if cache is not None:
+        path = cache / f"mnist-{names[0][:5]}-{checksum}.pt"
+        tensors = {"images": split.images, "labels": split.labels}
+        with contextlib.suppress(OSError):  # a read-only cache only costs speed
+            atomic_write(path, lambda f: torch.save(tensors, f))
+    return split
 
 
 def split_train_val(train: Split, cfg: DataConfig) -> tuple[Split, Split]:

@@ -27,6 +27,7 @@ from mnistcnn.checkpoint import atomic_write_text, save_model
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
     Split,
+    default_cache_dir,
     eval_batches,
     load_mnist,
     random_affine,
@@ -237,10 +238,11 @@ def fit(
     seed_everything(cfg.train.seed)
 
     started = time.perf_counter()
+    cache = default_cache_dir() if cfg.data.cache else None
     train_split, val_split = split_train_val(
-        load_mnist(cfg.data.root, train=True, download=cfg.data.download), cfg.data
+        load_mnist(cfg.data.root, train=True, download=cfg.data.download, cache=cache), cfg.data
     )
-    test_split = load_mnist(cfg.data.root, train=False, download=cfg.data.download)
+    test_split = load_mnist(cfg.data.root, train=False, download=cfg.data.download, cache=cache)
     train_split, val_split, test_split = (
         s.to(device) for s in (train_split, val_split, test_split)
     )
