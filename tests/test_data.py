@@ -1,0 +1,309 @@
+"""MNIST loading (real files, missing, corrupt, cached), the seeded split, batches, augmentation."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mnistcnn import data
+from mnistcnn.config import AugmentConfig, DataConfig
+from mnistcnn.data import (
+    RAW_FILES,
+    Split,
+    TensorDigits,
+    default_cache_dir,
+    eval_batches,
+    load_mnist,
+    random_affine,
+    split_train_val,
+    to_float,
+    train_loader,
+)
+from mnistcnn.errors import DataError
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network, whatever machine this runs on: a download attempt fails at once."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(-2, "Name or service not known (tests are offline)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def copy_raw(data_dir: Path, dest: Path, names: list[str]) -> Path:
+    """A writable copy of some of the raw IDX files; returns the copy's MNIST/raw folder."""
+    raw = dest / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in names:
+        shutil.copy(data_dir / "MNIST" / "raw" / name, raw / name)
+    return raw
+
+
+TEST_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+# --- the real files ------------------------------------------------------------------------
+
+
+def test_training_set(mnist_train: Split) -> None:
+    assert mnist_train.images.shape == (60000, 28, 28)
+    assert mnist_train.images.dtype == torch.uint8
+    assert mnist_train.labels.shape == (60000,)
+    assert mnist_train.labels.dtype == torch.int64
+    assert int(mnist_train.labels[0]) == 5  # MNIST's first training digit is a 5
+    assert torch.bincount(mnist_train.labels).tolist()[:2] == [5923, 6742]
+
+
+def test_test_set(mnist_test: Split) -> None:
+    assert mnist_test.images.shape == (10000, 28, 28)
+    assert mnist_test.images.dtype == torch.uint8
+    assert len(mnist_test) == 10000
+    assert int(mnist_test.labels[0]) == 7  # and its first test digit a 7
+    assert set(mnist_test.labels.tolist()) == set(range(10))
+    assert int(mnist_test.images.max()) == 255 and int(mnist_test.images.min()) == 0
+
+
+def test_load_with_download_true_uses_the_files_present(data_dir: Path, offline: None) -> None:
+    assert len(load_mnist(data_dir, train=False, download=True)) == 10000
+
+
+def test_cache_is_written_and_then_used(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_test: Split
+) -> None:
+    cache = tmp_path / "cache"
+    first = load_mnist(data_dir, train=False, download=False, cache=cache)
+    files = list(cache.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("mnist-t10k-")
+
+    def no_torchvision(*args: Any, **kwargs: Any) -> Split:
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data, "_decode", no_torchvision)
+    second = load_mnist(data_dir, train=False, download=False, cache=cache)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert torch.equal(second.images, mnist_test.images)
+
+
+def test_damaged_cache_is_rebuilt(data_dir: Path, tmp_path: Path, mnist_test: Split) -> None:
+    cache = tmp_path / "cache"
+    load_mnist(data_dir, train=False, download=False, cache=cache)
+    (cached,) = cache.iterdir()
+    cached.write_bytes(cached.read_bytes()[:1000])
+    split = load_mnist(data_dir, train=False, download=False, cache=cache)
+    assert torch.equal(split.labels, mnist_test.labels)
+    assert cached.stat().st_size > 1000  # written again
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MNISTCNN_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MNISTCNN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "mnistcnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "mnistcnn"
+
+
+# --- missing and damaged files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_missing_data_says_where_to_put_the_files(
+    tmp_path: Path, download: bool, offline: None
+) -> None:
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path / "nowhere", train=True, download=download)
+    message = str(info.value)
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    assert all(name in message for name in RAW_FILES)
+    assert "--data-dir" in message
+
+
+def test_one_missing_file_is_missing_data(data_dir: Path, tmp_path: Path) -> None:
+    copy_raw(data_dir, tmp_path, TEST_FILES[:1])
+    with pytest.raises(DataError, match="MNIST not found"):
+        load_mnist(tmp_path, train=False, download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_damaged_idx_file(data_dir: Path, tmp_path: Path, damage: str) -> None:
+    raw = copy_raw(data_dir, tmp_path, TEST_FILES)
+    images = raw / TEST_FILES[0]
+    content = bytearray(images.read_bytes())
+    if damage == "truncate":
+        content = content[: len(content) // 3]
+    elif damage == "flip":
+        content[5000] ^= 0xFF
+    else:
+        content = bytearray()
+    images.write_bytes(bytes(content))
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path, train=False, download=False, cache=tmp_path / "cache")
+    assert TEST_FILES[0] in str(info.value)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_damaged_labels_with_download_true(data_dir: Path, tmp_path: Path, offline: None) -> None:
+    raw = copy_raw(data_dir, tmp_path, TEST_FILES)
+    labels = raw / TEST_FILES[1]
+    labels.write_bytes(labels.read_bytes()[:-10])
+    with pytest.raises(DataError, match=TEST_FILES[1]):
+        load_mnist(tmp_path, train=False, download=True)
+
+
+def test_gz_files_alone_are_enough_to_decompress(
+    data_dir: Path, tmp_path: Path, offline: None, mnist_test: Split
+) -> None:
+    # The missing-data message says the .gz files will do (torchvision extracts them).
+    copy_raw(data_dir, tmp_path, [f"{name}.gz" for name in RAW_FILES])
+    split = load_mnist(tmp_path, train=False, download=True)
+    assert torch.equal(split.images, mnist_test.images)
+
+
+# --- the validation split ------------------------------------------------------------------
+
+
+def indexed(n: int) -> Split:
+    """A fake split whose labels are the image indices, to see where each image went."""
+    return Split(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))
+
+
+def test_split_is_disjoint_and_complete() -> None:
+    train, val = split_train_val(indexed(1000), DataConfig(val_size=100))
+    assert len(val) == 100 and len(train) == 900
+    assert set(train.labels.tolist()).isdisjoint(val.labels.tolist())
+    assert set(train.labels.tolist()) | set(val.labels.tolist()) == set(range(1000))
+
+
+def test_split_is_seeded() -> None:
+    a = split_train_val(indexed(1000), DataConfig(val_size=100, split_seed=3))
+    b = split_train_val(indexed(1000), DataConfig(val_size=100, split_seed=3))
+    c = split_train_val(indexed(1000), DataConfig(val_size=100, split_seed=4))
+    assert torch.equal(a[1].labels, b[1].labels) and torch.equal(a[0].labels, b[0].labels)
+    assert not torch.equal(a[1].labels, c[1].labels)
+    # shuffled, not the first 100
+    assert a[1].labels.tolist() != list(range(100))
+
+
+def test_subset_takes_from_the_training_part_only() -> None:
+    full_train, full_val = split_train_val(indexed(1000), DataConfig(val_size=100))
+    train, val = split_train_val(indexed(1000), DataConfig(val_size=100, subset=50))
+    assert len(train) == 50
+    assert torch.equal(val.labels, full_val.labels)  # the same validation images
+    assert torch.equal(train.labels, full_train.labels[:50])
+
+
+def test_real_split_keeps_images_with_their_labels(mnist_train: Split) -> None:
+    train, val = split_train_val(mnist_train, DataConfig(val_size=5000, subset=100))
+    for split in (train, val):
+        for image, label in zip(split.images[:5], split.labels[:5], strict=True):
+            matches = (mnist_train.images == image).flatten(1).all(1).nonzero().flatten()
+            assert int(label) in mnist_train.labels[matches].tolist()
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def test_getitems_is_getitem_batched() -> None:
+    split = Split(torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8), torch.arange(20) % 10)
+    ds = TensorDigits(split)
+    images, labels = ds.__getitems__([3, 0, 7])
+    assert len(ds) == 20
+    for row, i in enumerate([3, 0, 7]):
+        image, label = ds[i]
+        assert torch.equal(images[row], image) and int(labels[row]) == int(label)
+
+
+def epoch_of(split: Split, seed: int, batch_size: int = 32) -> list[torch.Tensor]:
+    return [
+        labels for _, labels in train_loader(split, batch_size, torch.Generator().manual_seed(seed))
+    ]
+
+
+def test_loader_batches_are_seeded_and_cover_every_image_once() -> None:
+    split = indexed(100)
+    a, b, c = epoch_of(split, 0), epoch_of(split, 0), epoch_of(split, 1)
+    assert [len(x) for x in a] == [32, 32, 32, 4]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    assert sorted(torch.cat(a).tolist()) == list(range(100))
+
+
+def test_loader_yields_uint8_images_with_their_labels(mnist_test: Split) -> None:
+    split = Split(mnist_test.images[:64], mnist_test.labels[:64])
+    loader = train_loader(split, 16, torch.Generator().manual_seed(0))
+    images, labels = next(iter(loader))
+    assert images.shape == (16, 28, 28) and images.dtype == torch.uint8
+    for image, label in zip(images, labels, strict=True):
+        (i,) = (split.images == image).flatten(1).all(1).nonzero().flatten().tolist()[:1]
+        assert int(split.labels[i]) == int(label)
+
+
+def test_each_epoch_is_shuffled_differently() -> None:
+    loader = train_loader(indexed(100), 100, torch.Generator().manual_seed(0))
+    first, second = (labels for _, labels in [next(iter(loader)), next(iter(loader))])
+    assert not torch.equal(first, second)
+
+
+def test_eval_batches_in_order() -> None:
+    split = indexed(25)
+    batches = list(eval_batches(split, 10))
+    assert [len(labels) for _, labels in batches] == [10, 10, 5]
+    assert torch.cat([labels for _, labels in batches]).tolist() == list(range(25))
+
+
+def test_to_float() -> None:
+    images = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+    out = to_float(images)
+    assert out.shape == (1, 1, 2, 2) and out.dtype == torch.float32
+    assert out.flatten().tolist() == pytest.approx([0.0, 1.0, 0.2, 0.4])
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+
+def test_random_affine_keeps_the_shape(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:8])
+    out = random_affine(images, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert not torch.allclose(out, images)
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+
+
+def test_random_affine_with_zero_parameters_is_the_identity(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:8])
+    out = random_affine(images, AugmentConfig(degrees=0, translate=0, scale=0))
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+
+
+def test_random_affine_is_seeded(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:8])
+    cfg = AugmentConfig(degrees=30, translate=0.2, scale=0.2)
+    a = random_affine(images, cfg, torch.Generator().manual_seed(5))
+    b = random_affine(images, cfg, torch.Generator().manual_seed(5))
+    c = random_affine(images, cfg, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_random_affine_translation_moves_ink_by_at_most_the_limit(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:64])
+    shifted = random_affine(
+        images, AugmentConfig(degrees=0, translate=0.1, scale=0), torch.Generator().manual_seed(0)
+    )
+
+    def centre_x(batch: torch.Tensor) -> torch.Tensor:
+        cols = torch.arange(28, dtype=torch.float32)
+        return (batch.sum(2).squeeze(1) * cols).sum(1) / batch.sum((1, 2, 3))
+
+    moved = (centre_x(shifted) - centre_x(images)).abs()
+    assert moved.max() <= 0.1 * 28 + 0.5  # at most 10 % of the side (2.8 px)
+    assert moved.mean() > 0.3  # and it does move
