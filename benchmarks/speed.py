@@ -1,0 +1,247 @@
+"""How fast is mnistcnn? Every figure is timed in this one run, against a baseline timed beside it.
+
+    python benchmarks/speed.py --data-dir ../shared/data [--seeds 5] [--skip-base]
+
+1. Time to 99 %: configs/fast.yaml over several seeds vs the common PyTorch example's recipe
+   (benchmarks/reference.py) trained until its test accuracy reaches 99.0 %.
+2. configs/base.yaml: test accuracy and total training time.
+3. Eval throughput: `mnistcnn eval`'s path vs the example's test loop, on the same model.
+4. Predict cold start: `mnistcnn predict one.png` vs `python -c "import torch"`.
+5. Threads: training images/s at 1 and 2 torch threads.
+6. With CUDA: fast.yaml's time to 99 % on the GPU.
+Run it on an otherwise idle machine: the figures are wall-clock times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import reference
+
+from mnistcnn.checkpoint import load_model
+from mnistcnn.config import load_config
+from mnistcnn.data import default_cache_dir, load_mnist, to_float
+from mnistcnn.engine import fit, predict_logits
+from mnistcnn.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(name: str, data_dir: str, out: Path, *sets: str) -> dict:
+    """Train configs/NAME.yaml in this process; the summary plus the wall time of `fit`."""
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"data.root={data_dir}", *sets])
+    t0 = time.perf_counter()
+    result = fit(cfg, overwrite=True, progress=False, log=lambda _: None)
+    return {**result, "wall": time.perf_counter() - t0, "path": out}
+
+
+def time_to_99(data_dir: str, seeds: int, out_dir: Path) -> tuple[dict, list[dict]]:
+    """The reference's and fast.yaml's training times to 99 % test accuracy."""
+    ref = {}
+    for ref in reference.train_until(data_dir, target=0.99, max_epochs=8):
+        print(
+            f"  reference epoch {ref['epoch']}: {100 * ref['accuracy']:.2f} % "
+            f"after {ref['seconds']:.0f} s of training",
+            flush=True,
+        )
+    fast = []
+    for seed in range(seeds):
+        out = out_dir / f"fast-{seed}.pth"
+        fast.append(run_config("fast", data_dir, out, f"train.seed={seed}", f"train.output={out}"))
+        print(
+            f"  fast.yaml seed {seed}: {100 * fast[-1]['test_accuracy']:.2f} % "
+            f"in {fast[-1]['wall']:.1f} s",
+            flush=True,
+        )
+    return ref, fast
+
+
+def eval_throughput(model_path: Path, data_dir: str, repeats: int = 3) -> tuple[float, float]:
+    """Test-set images/s: the example's test loop vs mnistcnn's eval path, same weights."""
+    ours = load_model(model_path).to(memory_format=torch.channels_last)
+    _, test_loader = reference.loaders(data_dir)
+    images = len(test_loader.dataset)
+    ref_times, our_times = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for data, _target in test_loader:  # already normalized by the transform
+                ours.logits(data)
+        ref_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
+        predict_logits(ours, test, 2000, torch.device("cpu"), channels_last=True)
+        our_times.append(time.perf_counter() - t0)
+    return images / statistics.median(ref_times), images / statistics.median(our_times)
+
+
+def cold_start(model_path: Path, data_dir: str, repeats: int = 5) -> tuple[float, float]:
+    """Median wall seconds of `import torch` and of `mnistcnn predict one.png`."""
+    test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "one.png"
+        Image.fromarray(255 - test.images[0].numpy()).resize((140, 140)).save(png)
+        commands = {
+            "torch": [sys.executable, "-c", "import torch"],
+            "predict": [
+                sys.executable,
+                "-m",
+                "mnistcnn",
+                "predict",
+                str(png),
+                "-m",
+                str(model_path),
+            ],
+        }
+        times: dict[str, list[float]] = {"torch": [], "predict": []}
+        for _ in range(repeats):
+            for name, cmd in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - t0)
+    return statistics.median(times["torch"]), statistics.median(times["predict"])
+
+
+def thread_throughput(data_dir: str, steps: int = 40) -> dict[int, float]:
+    """Training images/s of fast.yaml's model at 1 and 2 torch threads."""
+    cfg = load_config(ROOT / "configs" / "fast.yaml", [f"data.root={data_dir}"])
+    train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
+    images = to_float(train.images[: cfg.data.batch_size]).contiguous(
+        memory_format=torch.channels_last
+    )
+    labels = train.labels[: cfg.data.batch_size]
+    before = torch.get_num_threads()
+    rates = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model = build_model(cfg.model.name, dict(cfg.model.kwargs)).to(
+            memory_format=torch.channels_last
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for step in range(steps + 5):
+            if step == 5:  # warm-up done
+                t0 = time.perf_counter()
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        rates[threads] = steps * len(labels) / (time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--skip-base", action="store_true", help="skip the ~10 min base run")
+    args = parser.parse_args()
+    out_dir = Path(tempfile.mkdtemp(prefix="mnistcnn-speed-"))
+    load_mnist(args.data_dir, True, False, default_cache_dir())  # warm the tensor cache
+    load_mnist(args.data_dir, False, False, default_cache_dir())
+    rows = []
+
+    print("1. time to 99 % test accuracy", flush=True)
+    ref, fast = time_to_99(args.data_dir, args.seeds, out_dir)
+    accs = [r["test_accuracy"] for r in fast]
+    fast_median = statistics.median(r["wall"] for r in fast)
+    rows.append(
+        (
+            "reference: time to 99.0 % (s)",
+            f"{ref['seconds']:.1f}",
+            f"epoch {ref['epoch']}, {100 * ref['accuracy']:.2f} %",
+        )
+    )
+    rows.append(
+        (
+            "fast.yaml: median training wall time (s)",
+            f"{fast_median:.1f}",
+            f"{ref['seconds'] / fast_median:.1f}x faster (goal >= 15x)",
+        )
+    )
+    rows.append(
+        (
+            "fast.yaml: test accuracy, mean / min (%)",
+            f"{100 * statistics.mean(accs):.2f} / {100 * min(accs):.2f}",
+            f"{len(accs)} seeds (goal mean >= 99.0, each >= 98.9)",
+        )
+    )
+
+    if not args.skip_base:
+        print("2. base.yaml", flush=True)
+        base = run_config(
+            "base", args.data_dir, out_dir / "base.pth", f"train.output={out_dir / 'base.pth'}"
+        )
+        rows.append(
+            ("base.yaml: test accuracy (%)", f"{100 * base['test_accuracy']:.2f}", "goal >= 99.6")
+        )
+        rows.append(
+            ("base.yaml: training wall time (s)", f"{base['wall']:.0f}", f"{base['epochs']} epochs")
+        )
+
+    print("3. eval throughput", flush=True)
+    ref_rate, our_rate = eval_throughput(fast[0]["path"], args.data_dir)
+    rows.append(
+        (
+            "eval: images/s, reference loop vs mnistcnn",
+            f"{ref_rate:,.0f} vs {our_rate:,.0f}",
+            f"{our_rate / ref_rate:.1f}x (goal >= 5x)",
+        )
+    )
+
+    print("4. predict cold start", flush=True)
+    torch_s, predict_s = cold_start(fast[0]["path"], args.data_dir)
+    rows.append(
+        (
+            "cold start: import torch vs predict one.png (s)",
+            f"{torch_s:.2f} vs {predict_s:.2f}",
+            f"+{predict_s - torch_s:.2f} s (goal <= +1.0)",
+        )
+    )
+
+    print("5. threads", flush=True)
+    rates = thread_throughput(args.data_dir)
+    rows.append(
+        (
+            "training images/s at 1 / 2 threads",
+            f"{rates[1]:,.0f} / {rates[2]:,.0f}",
+            f"{rates[2] / rates[1]:.2f}x from the 2nd",
+        )
+    )
+
+    if torch.cuda.is_available():
+        print("6. CUDA", flush=True)
+        gpu = run_config(
+            "fast",
+            args.data_dir,
+            out_dir / "gpu.pth",
+            "train.device=cuda",
+            f"train.output={out_dir / 'gpu.pth'}",
+        )
+        rows.append(
+            (
+                f"fast.yaml on {torch.cuda.get_device_name()}: wall time (s)",
+                f"{gpu['wall']:.2f}",
+                f"{100 * gpu['test_accuracy']:.2f} %",
+            )
+        )
+
+    print(f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print("| measure | value | note |\n|---|---|---|")
+    for row in rows:
+        print(f"| {' | '.join(row)} |")
+
+
+if __name__ == "__main__":
+    main()
