@@ -96,3 +96,30 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> DigitNet
             raise
         raise CheckpointError(f"{exc} ({path})") from None
     return model.to(device).eval()
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write a resumable training checkpoint (plain tensors and containers)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_training_state`, with `weights_only=True`.
+
+    `path` may be the `.ckpt` itself, the model `.pth` it was saved beside, or their folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt"))
+        if len(found) != 1:
+            raise CheckpointError(f"expected one .ckpt file in {path}, found {len(found)}")
+        path = found[0]
+    elif path.suffix == ".pth":
+        path = path.with_suffix(".ckpt")
+    state = load_state(path)
+    keys = {"format", "config", "epoch", "model", "optimizer", "scheduler", "rng", "best"}
+    if not keys <= state.keys():
+        raise CheckpointError(f"not a resumable mnistcnn checkpoint: {path}")
+    if state["format"] != 1:
+        raise CheckpointError(f"checkpoint format {state['format']} is not supported: {path}")
+    return {**state, "path": str(path)}

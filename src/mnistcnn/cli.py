@@ -11,10 +11,11 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from mnistcnn import __version__
-from mnistcnn.errors import MnistCnnError
+from mnistcnn.errors import ConfigError, MnistCnnError
 
 
 def _stderr(text: str) -> None:
@@ -41,13 +42,26 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnistcnn.config import load_config
+    from mnistcnn.checkpoint import load_training_state
+    from mnistcnn.config import from_dict, load_config, replace_config
     from mnistcnn.engine import fit
 
-    cfg = load_config(args.config, _overrides(args))
+    state = None
+    if args.resume:
+        if args.config or args.set or args.output:
+            raise ConfigError(
+                "--resume continues a run with its saved config: drop --config/--set/-o"
+            )
+        state = load_training_state(args.resume)
+        # The model goes beside its checkpoint, wherever the run is resumed from.
+        output = Path(state["path"]).with_suffix(".pth")
+        sets = [*_overrides(args), f"train.output={json.dumps(str(output))}"]
+        cfg = replace_config(from_dict(state["config"]), sets)
+    else:
+        cfg = load_config(args.config, _overrides(args))
     log = _stderr if args.json else _stdout
     progress = not args.quiet and sys.stderr.isatty()
-    result = fit(cfg, overwrite=args.overwrite, progress=progress, log=log)
+    result = fit(cfg, overwrite=args.overwrite, progress=progress, log=log, resume=state)
     if args.json:
         _print_json(result)
     else:
@@ -133,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", metavar="PTH", help="where to save the model (train.output)"
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    train.add_argument(
+        "--resume", metavar="CKPT", help="continue an interrupted run (its .ckpt, .pth or folder)"
+    )
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(handler=cmd_train)

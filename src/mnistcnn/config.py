@@ -373,6 +373,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return from_dict(raw)
 
 
+def replace_config(cfg: Config, overrides: Iterable[str]) -> Config:
+    """`cfg` with `--set` overrides applied."""
+    return from_dict(_merge(to_dict(cfg), parse_overrides(overrides)))
+
+
 def dump(cfg: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn import config as config_mod
-from mnistcnn.checkpoint import atomic_write_text, save_model
+from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_state
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
     Split,
@@ -209,12 +209,37 @@ def _metrics_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def output_paths(cfg: Config) -> dict[str, Path]:
-    """Where a run writes: the model, its resolved config and its per-epoch metrics."""
+    """Where a run writes: the model, its resumable checkpoint, resolved config and metrics."""
     model = Path(cfg.train.output)
     return {
         "model": model,
+        "checkpoint": model.with_suffix(".ckpt"),
         "config": model.with_suffix(".yaml"),
         "metrics": model.with_suffix(".metrics.csv"),
+    }
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    state = {name: g.get_state() for name, g in generators.items()}
+    state["torch"] = torch.get_rng_state()
+    state["python"] = random.getstate()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    for name, g in generators.items():
+        g.set_state(state[name])
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _clone_state(model: nn.Module) -> dict[str, Any]:
+    return {
+        k: v.detach().clone() if torch.is_tensor(v) else v for k, v in model.state_dict().items()
     }
 
 
@@ -224,10 +249,16 @@ def fit(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train a model as `cfg` says, save the best-by-validation weights, test them; the summary."""
+    """Train a model as `cfg` says, save the best-by-validation weights, test them; the summary.
+
+    After every epoch a resumable checkpoint (weights, optimizer, scheduler, every RNG state)
+    is written atomically beside the model; `resume` (as `load_training_state` returns it)
+    continues from it and ends with the same weights as an uninterrupted run, on CPU.
+    """
     paths = output_paths(cfg)
-    if paths["model"].exists() and not overwrite:
+    if paths["model"].exists() and not overwrite and resume is None:
         raise MnistCnnError(
             f"{paths['model']} already exists; pass --overwrite to replace it "
             "or --set train.output=OTHER.pth"
@@ -254,26 +285,37 @@ def fit(
     runner: nn.Module = torch.compile(model) if cfg.train.compile else model
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(cfg, model)
-    order = torch.Generator().manual_seed(cfg.train.seed)
-    loader = train_loader(train_split, cfg.data.batch_size, order)
+    generators = {
+        "order": torch.Generator().manual_seed(cfg.train.seed),
+        "augment": torch.Generator(device).manual_seed(cfg.train.seed + 1),
+    }
+    loader = train_loader(train_split, cfg.data.batch_size, generators["order"])
     scheduler = build_scheduler(cfg, optimizer, len(loader))
     per_step = cfg.sched.name in PER_STEP_SCHEDULERS
-    aug_generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
     augment = cfg.data.augment
     if not (augment.degrees or augment.translate or augment.scale):
         augment = None
     speed = {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last}
 
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"val_accuracy": -1.0}
+    start = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        _set_rng_state(resume["rng"], generators)
+        history, best, start = resume["history"], resume["best"], resume["epoch"] + 1
+        log(f"resuming after epoch {resume['epoch']} from {paths['checkpoint']}")
     log(
         f"model {cfg.model.name}: {count_parameters(model):,} parameters; "
         f"device {device}; {len(train_split)} train / {len(val_split)} val / "
         f"{len(test_split)} test images"
     )
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_accuracy": -1.0}
-    epoch = 0
+    epoch = start
     try:
-        for epoch in range(1, cfg.train.epochs + 1):
+        for epoch in range(start, cfg.train.epochs + 1):
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             with tqdm(
@@ -291,7 +333,7 @@ def fit(
                     loss_fn,
                     device=device,
                     augment=augment,
-                    generator=aug_generator,
+                    generator=generators["augment"],
                     scheduler=scheduler if per_step else None,
                     log_every=cfg.train.log_every,
                     progress=bar,
@@ -319,28 +361,45 @@ def fit(
             )
             if val["accuracy"] > best["val_accuracy"]:
                 best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                best["state"] = {
-                    k: v.detach().clone() if torch.is_tensor(v) else v
-                    for k, v in model.state_dict().items()
-                }
-                model.meta = {k: v for k, v in best.items() if k != "state"}
+                model.meta = dict(best)
                 save_model(model, paths["model"])
+                best["state"] = _clone_state(model)
+            save_training_state(
+                paths["checkpoint"],
+                {
+                    "format": 1,
+                    "config": config_mod.to_dict(cfg),
+                    "epoch": epoch,
+                    "model": _clone_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": _rng_state(generators),
+                    "best": best,
+                    "history": history,
+                },
+            )
             atomic_write_text(paths["metrics"], _metrics_csv(history))
     except KeyboardInterrupt:
-        saved = f"the best model so far (epoch {best['epoch']}) is in {paths['model']}"
-        log(f"interrupted in epoch {epoch}; " + (saved if "epoch" in best else "nothing saved"))
+        done = epoch - 1
+        if done >= 1:
+            log(
+                f"interrupted in epoch {epoch}: the best model so far (epoch {best['epoch']}) "
+                f"is in {paths['model']}; continue with: mnistcnn train --resume "
+                f"{paths['checkpoint']}"
+            )
+        else:
+            log(f"interrupted in epoch {epoch}, before any epoch finished: nothing saved")
         raise
     atomic_write_text(paths["config"], config_mod.dump(cfg))
 
     model.load_state_dict(best.pop("state"))
     test = evaluate(model, test_split, cfg.data.eval_batch_size, device, **speed)
-    seconds = time.perf_counter() - started
     model.meta = {
         **best,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "epochs": cfg.train.epochs,
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(time.perf_counter() - started, 1),
         "parameters": count_parameters(model),
         "torch": str(torch.__version__),
     }
