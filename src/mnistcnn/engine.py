@@ -354,11 +354,6 @@ def fit(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             history.append(row)
-            log(
-                f"epoch {epoch:>3}/{cfg.train.epochs}  train loss {train['loss']:.4f} "
-                f"acc {100 * train['accuracy']:.2f}%  val loss {val['loss']:.4f} "
-                f"acc {100 * val['accuracy']:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s"
-            )
             if val["accuracy"] > best["val_accuracy"]:
                 best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
                 model.meta = dict(best)
@@ -379,6 +374,11 @@ def fit(
                 },
             )
             atomic_write_text(paths["metrics"], _metrics_csv(history))
+            log(
+                f"epoch {epoch:>3}/{cfg.train.epochs}  train loss {train['loss']:.4f} "
+                f"acc {100 * train['accuracy']:.2f}%  val loss {val['loss']:.4f} "
+                f"acc {100 * val['accuracy']:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s"
+            )
     except KeyboardInterrupt:
         done = epoch - 1
         if done >= 1:
