@@ -1,0 +1,402 @@
+"""Training: it learns on real MNIST, is reproducible, stops on NaN, and every schedule runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from tqdm import tqdm
+
+from mnistcnn import engine
+from mnistcnn.checkpoint import load_model, load_state
+from mnistcnn.config import Config, from_dict, load_config, optimizers
+from mnistcnn.data import Split
+from mnistcnn.engine import (
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    fit,
+    output_paths,
+    resolve_device,
+    train_one_epoch,
+)
+from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
+from mnistcnn.model import build_model
+
+CPU = torch.device("cpu")
+# Small and fast: 512 training images (4 batches), a 256-image validation split.
+QUICK = ("data.subset=512", "data.val_size=256", "train.epochs=1")
+# The PyTorch-example model without BatchNorm: a huge SGD step makes its loss NaN at once
+# (the BatchNorm CNNs only reach huge finite losses).
+DIVERGES = ("model={name: baseline, channels: [4, 8], hidden: 16}", "optim.name=SGD")
+
+
+def quiet_fit(cfg: Config, **kwargs: Any) -> tuple[dict[str, Any], list[str]]:
+    logs: list[str] = []
+    return fit(cfg, progress=False, log=logs.append, **kwargs), logs
+
+
+def metrics(cfg: Config) -> list[dict[str, str]]:
+    with output_paths(cfg)["metrics"].open() as f:
+        return list(csv.DictReader(f))
+
+
+# --- learning, on the real data ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_config_learns(tiny_run: dict[str, Any]) -> None:
+    # configs/tiny.yaml as shipped (8k images, 2 epochs) says "expect about 94 %".
+    assert tiny_run["val_accuracy"] > 0.9
+    assert tiny_run["test_accuracy"] > 0.9
+    assert tiny_run["epochs"] == 2 and tiny_run["epoch"] in (1, 2)
+    assert tiny_run["device"] == "cpu"
+    assert [line.split()[:2] for line in tiny_run["logs"] if line.startswith("epoch")] == [
+        ["epoch", "1/2"],
+        ["epoch", "2/2"],
+    ]
+    assert "8000 train / 5000 val / 10000 test images" in tiny_run["logs"][0]
+
+
+@pytest.mark.slow
+def test_a_run_writes_model_config_and_metrics(tiny_run: dict[str, Any]) -> None:
+    cfg = tiny_run["cfg"]
+    paths = output_paths(cfg)
+    assert paths["model"] == tiny_run["path"]
+    # the resolved config beside the model loads back to the same config
+    assert from_dict(yaml.safe_load(paths["config"].read_text())) == cfg
+    rows = metrics(cfg)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["train_accuracy"]) > 0.8
+    # the model file carries its results
+    model = load_model(paths["model"])
+    assert model.meta["test_accuracy"] == pytest.approx(tiny_run["test_accuracy"])
+    assert model.meta["epoch"] == tiny_run["epoch"]
+    written = {p.name for p in paths["model"].parent.iterdir()}
+    assert {"tiny.pth", "tiny.yaml", "tiny.metrics.csv"} <= written
+    assert not [name for name in written if name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.slow
+def test_saved_model_scores_what_fit_reported(tiny_run: dict[str, Any], mnist_test: Split) -> None:
+    model = load_model(tiny_run["path"])
+    result = evaluate(model, mnist_test, 2000, CPU)
+    assert result["accuracy"] == pytest.approx(tiny_run["test_accuracy"], abs=1e-6)
+    assert result["loss"] == pytest.approx(tiny_run["test_loss"], rel=1e-4)
+
+
+def test_seeded_run_twice_gives_identical_weights(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None], tmp_path: Path
+) -> None:
+    small_data(256)
+    # augmentation and dropout on: every random source must be seeded
+    sets = (*QUICK, "model.dropout=0.2", "data.augment={degrees: 15, translate: 0.1, scale: 0.1}")
+    first, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'a.pth'}"))
+    second, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'b.pth'}"))
+    quiet_fit(make_cfg(*sets, "train.seed=1", f"train.output={tmp_path / 'c.pth'}"))
+    a, b, c = (load_state(tmp_path / f"{x}.pth") for x in "abc")
+    tensors = [k for k, v in a.items() if torch.is_tensor(v)]
+    assert all(torch.equal(a[k], b[k]) for k in tensors)
+    assert not all(torch.equal(a[k], c[k]) for k in tensors)
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+        assert first[key] == second[key]
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_training_and_keeps_the_old_model(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    small_data(256)
+    cfg = make_cfg(*QUICK, *DIVERGES, "optim.lr=1e6")
+    output = Path(cfg.train.output)
+    output.write_bytes(b"the previous model")
+    with pytest.raises(TrainingError, match=r"at epoch 1, batch \d+.*optim\.lr") as info:
+        quiet_fit(cfg, overwrite=True)
+    assert "nan" in str(info.value) or "inf" in str(info.value)
+    assert output.read_bytes() == b"the previous model"
+    assert [p.name for p in output.parent.iterdir()] == ["model.pth"]
+
+
+def test_nan_in_a_later_epoch_keeps_the_best_model_so_far(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    small_data(256)
+    # a sane first epoch, then a learning rate 1e30 times larger
+    sets = (*QUICK, *DIVERGES, "optim.lr=0.05", "sched={name: StepLR, step_size: 1, gamma: 1e30}")
+    cfg = make_cfg(*sets, "train.epochs=3")
+    with pytest.raises(TrainingError, match="at epoch 2, batch"):
+        quiet_fit(cfg)
+    model = load_model(cfg.train.output)
+    assert model.meta["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_check_names_the_batch(mnist_test: Split) -> None:
+    model = build_model("cnn", {"channels": (4,), "convs_per_stage": (1,)})
+    calls = []
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    batches = [
+        (mnist_test.images[i : i + 8], mnist_test.labels[i : i + 8]) for i in range(0, 48, 8)
+    ]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 7, batch 3;"):
+        train_one_epoch(model, batches, optimizer, loss_fn, device=CPU, log_every=2, epoch=7)
+
+
+def test_existing_output_is_not_overwritten(make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg(*QUICK)
+    output = Path(cfg.train.output)
+    output.write_bytes(b"keep me")
+    with pytest.raises(MnistCnnError, match=r"already exists.*--overwrite") as info:
+        quiet_fit(cfg)
+    assert str(output) in str(info.value)
+    assert output.read_bytes() == b"keep me"
+
+
+def test_overwrite_replaces_the_output(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    small_data(256)
+    cfg = make_cfg(*QUICK, "model.channels=[4, 8]", "model.convs_per_stage=[1, 1]")
+    Path(cfg.train.output).write_bytes(b"old")
+    quiet_fit(cfg, overwrite=True)
+    assert load_model(cfg.train.output).args["channels"] == [4, 8]
+
+
+def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    real = engine.train_one_epoch
+
+    def train(*args: Any, **kwargs: Any) -> dict[str, float]:
+        if kwargs["epoch"] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", train)
+
+
+def test_ctrl_c_after_an_epoch_keeps_the_best_model(
+    make_cfg: Callable[..., Config],
+    small_data: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small_data(256)
+    interrupt_in_epoch(monkeypatch, 2)
+    cfg = make_cfg(*QUICK, "train.epochs=3")
+    logs: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, progress=False, log=logs.append)
+    assert f"best model so far (epoch 1) is in {cfg.train.output}" in logs[-1]
+    assert load_model(cfg.train.output).meta["epoch"] == 1
+
+
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(
+    make_cfg: Callable[..., Config],
+    small_data: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small_data(256)
+    interrupt_in_epoch(monkeypatch, 1)
+    cfg = make_cfg(*QUICK)
+    logs: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, progress=False, log=logs.append)
+    assert "interrupted in epoch 1" in logs[-1] and "nothing saved" in logs[-1]
+    assert not Path(cfg.train.output).exists()
+
+
+# --- schedules, optimizers, losses ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sched", "expect"),
+    [
+        ("{name: none}", lambda lrs: lrs == [0.01, 0.01]),
+        ("{name: StepLR, step_size: 1, gamma: 0.5}", lambda lrs: lrs == [0.01, 0.005]),
+        ("{name: ExponentialLR, gamma: 0.1}", lambda lrs: lrs == pytest.approx([1e-2, 1e-3])),
+        ("{name: ReduceLROnPlateau, patience: 0, factor: 0.5}", lambda lrs: lrs[0] == 0.01),
+        ("{name: CosineAnnealingLR, T_max: 2}", lambda lrs: lrs[0] > lrs[1] > 0),
+        # (stepped per batch: see test_one_cycle_steps_every_batch)
+        ("{name: OneCycleLR, max_lr: 0.01, pct_start: 0.5}", lambda lrs: lrs[0] < 0.001),
+    ],
+    ids=["none", "StepLR", "ExponentialLR", "ReduceLROnPlateau", "Cosine", "OneCycleLR"],
+)
+def test_schedulers_run(
+    make_cfg: Callable[..., Config],
+    small_data: Callable[..., None],
+    sched: str,
+    expect: Callable[[list[float]], bool],
+) -> None:
+    small_data(256)
+    cfg = make_cfg(*QUICK, "train.epochs=2", "optim.lr=0.01", f"sched={sched}")
+    result, _ = quiet_fit(cfg)
+    lrs = [float(row["lr"]) for row in metrics(cfg)]
+    assert expect(lrs), lrs
+    assert 0 <= result["test_accuracy"] <= 1
+
+
+def test_one_cycle_steps_every_batch(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    small_data(256)
+    # 2 epochs, warm-up over the first half of the steps: epoch 2 starts at the peak only if
+    # the schedule stepped once per batch (stepping per epoch would leave it near the start).
+    cfg = make_cfg(
+        *QUICK, "train.epochs=2", "sched={name: OneCycleLR, max_lr: 0.02, pct_start: 0.5}"
+    )
+    quiet_fit(cfg)
+    lrs = [float(row["lr"]) for row in metrics(cfg)]
+    assert lrs[0] == pytest.approx(0.02 / 25)  # OneCycleLR starts at max_lr / div_factor
+    assert lrs[1] > 0.8 * 0.02  # just past the peak (per-epoch steps would give < 0.002)
+
+
+def test_one_cycle_defaults_to_the_optimizer_rate_and_the_run_length() -> None:
+    # (load_config would keep the default recipe's max_lr: the component keeps its name)
+    raw = {"optim": {"name": "SGD", "lr": 0.3}, "sched": {"name": "OneCycleLR"}}
+    cfg = from_dict({**raw, "train": {"epochs": 4}})
+    model = build_model("cnn", {"channels": (4,), "convs_per_stage": (1,)})
+    scheduler = build_scheduler(cfg, build_optimizer(cfg, model), steps_per_epoch=10)
+    assert scheduler.total_steps == 40
+    assert scheduler.optimizer.param_groups[0]["max_lr"] == 0.3
+
+
+@pytest.mark.parametrize(
+    ("sets", "match"),
+    [
+        (["sched.name=StepLR"], "sched: StepLR"),
+        (["sched={name: MultiStepLR}"], "sched: MultiStepLR"),
+        (["optim.lr=-1"], "optim: SGD"),
+        (["optim={name: Adam, betas: [0.9]}"], "optim: Adam"),
+    ],
+)
+def test_component_that_cannot_be_built_is_a_config_error(sets: list[str], match: str) -> None:
+    cfg = load_config(None, sets)
+    model = build_model("cnn", {"channels": (4,), "convs_per_stage": (1,)})
+    with pytest.raises(ConfigError, match=match):
+        build_loss(cfg)(torch.zeros(2, 10), torch.zeros(2, dtype=torch.long))
+        build_scheduler(cfg, build_optimizer(cfg, model), steps_per_epoch=10)
+
+
+def one_step(cfg: Config, mnist_test: Split) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": (4, 8), "convs_per_stage": (1, 1)})
+    batches = [(mnist_test.images[:32], mnist_test.labels[:32])] * 2
+    optimizer = build_optimizer(cfg, model)
+    return train_one_epoch(model, batches, optimizer, build_loss(cfg), device=CPU)
+
+
+@pytest.mark.parametrize("name", sorted(optimizers()))
+def test_every_listed_optimizer_trains_or_is_a_config_error(name: str, mnist_test: Split) -> None:
+    # `config` offers these names; choosing one must not end in a traceback.
+    cfg = load_config(None, [f"optim.name={name}"])
+    try:
+        result = one_step(cfg, mnist_test)
+    except ConfigError:
+        return
+    assert set(result) == {"loss", "accuracy"}
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["loss={name: MultiMarginLoss}"],
+        ["loss.reduction=sum"],
+        ["loss.reduction=none"],
+        ["loss.label_smoothing=2"],
+        ["loss={name: MultiMarginLoss, p: 3}"],
+    ],
+)
+def test_losses_the_config_accepts_train_or_are_config_errors(
+    sets: list[str], mnist_test: Split
+) -> None:
+    cfg = load_config(None, sets)
+    try:
+        result = one_step(cfg, mnist_test)
+    except ConfigError:
+        return
+    assert result["loss"] > 0
+
+
+# --- the loops and the device --------------------------------------------------------------
+
+
+def test_train_one_epoch_and_evaluate_return_metrics(mnist_test: Split) -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": (8, 16), "convs_per_stage": (1, 1)})
+    split = Split(mnist_test.images[:512], mnist_test.labels[:512])
+    batches = [(split.images[i : i + 64], split.labels[i : i + 64]) for i in range(0, 512, 64)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = evaluate(model, split, 100, CPU)
+    bar = tqdm(total=len(batches), file=io.StringIO())
+    for epoch in range(1, 4):
+        train = train_one_epoch(
+            model,
+            batches,
+            optimizer,
+            torch.nn.CrossEntropyLoss(),
+            device=CPU,
+            log_every=3,
+            progress=bar,
+            epoch=epoch,
+            channels_last=True,
+        )
+    after = evaluate(model, split, 100, CPU)
+    assert set(train) == {"loss", "accuracy"} == set(after)
+    assert 0 <= train["accuracy"] <= 1
+    assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
+    assert not model.training  # evaluate leaves the model in eval mode
+
+
+def test_resolve_device_auto_and_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_mps_without_mps_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        resolve_device("mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_fit_on_cuda_without_cuda_fails_before_training(make_cfg: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError, match="CUDA"):
+        quiet_fit(make_cfg(*QUICK, "train.device=cuda"))
+    assert not Path(make_cfg().train.output).exists()
+
+
+def test_threads_setting_is_applied(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    small_data(100)
+    quiet_fit(make_cfg(*QUICK, "data.subset=200", "train.threads=1"))
+    assert torch.get_num_threads() == 1  # restored after the test by conftest
+
+
+def test_output_paths() -> None:
+    paths = output_paths(load_config(None, ["train.output=runs/a/b.pth"]))
+    assert paths["model"] == Path("runs/a/b.pth")
+    assert paths["config"] == Path("runs/a/b.yaml")
+    assert paths["metrics"] == Path("runs/a/b.metrics.csv")
+    assert all(path.parent == Path("runs/a") for path in paths.values())
