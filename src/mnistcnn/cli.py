@@ -92,10 +92,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnistcnn.checkpoint import load_model
-    from mnistcnn.predict import predict_paths
+    if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
+        from mnistcnn.onnx_predict import load_onnx, predict_paths
 
-    model = load_model(args.model)
+        model: Any = load_onnx(args.model)
+    else:
+        from mnistcnn.checkpoint import load_model
+        from mnistcnn.predict import predict_paths
+
+        model = load_model(args.model)
     failed = 0
     results = []
     for p in predict_paths(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed):
@@ -111,6 +116,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([dataclasses.asdict(p) for p in results])
     return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mnistcnn.export import export_model, format_report
+
+    report = export_model(
+        args.model,
+        args.output,
+        fmt=args.format,
+        fuse_bn=args.fuse,
+        quantize=args.quantize,
+        data_dir=args.data_dir,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
+    )
+    _print_json(dataclasses.asdict(report)) if args.json else _stdout(format_report(report))
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -172,6 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file"
     )
     pr.set_defaults(handler=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a model as ONNX or TorchScript (fused, int8)")
+    ex.add_argument("model", metavar="MODEL.pth")
+    ex.add_argument("--format", "-f", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("--output", "-o", required=True, metavar="OUT", help="file to write")
+    ex.add_argument("--fuse", action="store_true", help="fold each BatchNorm into its conv/linear")
+    ex.add_argument(
+        "--quantize", choices=("int8",), help="static post-training int8 (needs --data-dir)"
+    )
+    ex.add_argument(
+        "--data-dir", metavar="DIR", help="MNIST/raw/ folder: int8 calibration, test-set check"
+    )
+    ex.add_argument(
+        "--calibration", type=int, default=1000, metavar="N", help="training images for int8"
+    )
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    ex.add_argument("--json", action="store_true", help="print the report as JSON")
+    ex.set_defaults(handler=cmd_export)
 
     cfg = sub.add_parser("config", help="inspect configs")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")

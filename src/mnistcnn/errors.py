@@ -28,3 +28,7 @@ class ImageError(MnistCnnError):
 
 class TrainingError(MnistCnnError):
     """Training that cannot go on, e.g. a non-finite loss."""
+
+
+class ExportError(MnistCnnError):
+    """An export that cannot be done or whose file disagrees with the source model."""

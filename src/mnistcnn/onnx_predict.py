@@ -1,0 +1,129 @@
+"""Image files in -> digits out through an exported `.onnx` model and onnxruntime, without torch.
+
+Importing torch costs seconds at start-up; this path imports only numpy, PIL (through
+`preprocess`) and onnxruntime. The file carries everything else: the graph normalizes [0, 1]
+pixels itself and its metadata names the input, the output and the labels (see `export`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mnistcnn.errors import CheckpointError, ImageError, MnistCnnError
+from mnistcnn.preprocess import preprocess
+
+# Kept equal to predict.IMAGE_SUFFIXES, which cannot be imported here without torch.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's answer: the label and its probability, the top k, or the error.
+
+    The same fields as `predict.Prediction`, so the CLI prints either alike.
+    """
+
+    path: str
+    label: int | None = None
+    probability: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An onnxruntime session over an mnistcnn export and the metadata it carries."""
+
+    session: Any  # onnxruntime.InferenceSession
+    input_name: str
+    output_name: str
+    labels: tuple[int, ...]
+    metadata: dict[str, str]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
+        batch = np.ascontiguousarray(images, dtype=np.float32)[:, None]
+        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+    """Open an `.onnx` file written by `mnistcnn export` for CPU inference."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MnistCnnError(
+            "running .onnx models needs onnxruntime: pip install 'mnistcnn[export]'"
+        ) from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no notices on stderr in a CLI
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"not a readable ONNX model: {path} ({detail})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if "labels" not in meta or "input" not in meta or "output" not in meta:
+        raise CheckpointError(f"not an mnistcnn export (no labels/input/output metadata): {path}")
+    return OnnxModel(
+        session, meta["input"], meta["output"], tuple(map(int, json.loads(meta["labels"]))), meta
+    )
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files as given; directories replaced by the image files in them, sorted by name."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def _save_view(image: np.ndarray, path: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(out_dir / f"{path.stem}.png")
+
+
+def predict_paths(
+    model: OnnxModel,
+    paths: Iterable[str | Path],
+    *,
+    top_k: int = 1,
+    chunk: int = 256,
+    save_dir: str | Path | None = None,
+) -> Iterator[Prediction]:
+    """Predict every image, `chunk` files at a time, in input order (as `predict.predict_paths`)."""
+    files = expand_inputs(paths)
+    while batch := list(islice(files, chunk)):
+        ready: list[tuple[Path, np.ndarray]] = []
+        results: dict[Path, Prediction] = {}
+        for path in batch:
+            try:
+                image = preprocess(path).image
+            except ImageError as exc:
+                results[path] = Prediction(str(path), error=str(exc))
+                continue
+            ready.append((path, image))
+            if save_dir is not None:
+                _save_view(image, path, Path(save_dir))
+        if ready:
+            probs = model.probabilities(np.stack([image for _, image in ready]))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+            for (path, _), row, best in zip(ready, probs, order, strict=True):
+                top = [(model.labels[i], float(row[i])) for i in best]
+                results[path] = Prediction(str(path), top[0][0], top[0][1], top)
+        yield from (results[path] for path in batch)
