@@ -118,6 +118,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mnistcnn.serve import serve
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
+            raise
+        raise MnistCnnError(f"serve needs {exc.name}: pip install 'mnistcnn[serve]'") from None
+    serve(args.model, args.host, args.port, log=_stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from mnistcnn.export import export_model, format_report
 
@@ -194,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file"
     )
     pr.set_defaults(handler=cmd_predict)
+
+    sv = sub.add_parser("serve", help="web page and HTTP API: draw a digit, see the prediction")
+    sv.add_argument("--model", "-m", default="models/cnn.pth", metavar="MODEL.pth")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
+    )
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
+    sv.set_defaults(handler=cmd_serve)
 
     ex = sub.add_parser("export", help="write a model as ONNX or TorchScript (fused, int8)")
     ex.add_argument("model", metavar="MODEL.pth")

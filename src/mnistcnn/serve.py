@@ -1,0 +1,354 @@
+"""`mnistcnn serve`: a local web page to draw a digit and watch the model answer, and its HTTP API.
+
+FastAPI + uvicorn (the `serve` extra). The page and its script are package data under `static/`,
+served by the app itself (no CDN: it works offline). An upload goes through the same decoding
+and MNIST-style preprocessing as `mnistcnn predict`. Never imports `mnistcnn.data` (torchvision).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from anyio import to_thread
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnistcnn.checkpoint import load_model
+from mnistcnn.errors import ImageError, MnistCnnError
+from mnistcnn.model import DigitNet, count_parameters
+from mnistcnn.predict import classify
+from mnistcnn.preprocess import open_image, preprocess_image
+
+STATIC = Path(__file__).parent / "static"
+FIELD = "image"
+# A phone photo is 2-5 MB as JPEG; a canvas PNG is a few kB. Bigger bodies are refused unread.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+# 25 MP covers phone cameras; a small file can declare a huge picture (a decompression bomb),
+# so the header's size is checked before any pixel is decoded.
+MAX_PIXELS = 25_000_000
+# Images decoded and preprocessed at once: each holds up to MAX_PIXELS * 4 bytes, and the work
+# is CPU-bound, so more would only add memory and latency.
+WORKERS = 4
+# The page may load only what this server serves: no CDN, no inline script.
+CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
+
+log = logging.getLogger("mnistcnn.serve")
+
+
+class Prediction(BaseModel):
+    """What the model thinks of one image."""
+
+    found: bool = Field(description="whether a digit was found in the image")
+    label: int | None = Field(None, description="the most probable digit")
+    probability: float | None = Field(None, description="its probability")
+    probabilities: list[float] | None = Field(None, description="p(0) ... p(9)")
+    image: str | None = Field(
+        None, description="base64 PNG of the 28x28 image the model saw (white ink on black)"
+    )
+    message: str | None = Field(None, description="why no digit was found")
+
+
+class Base64Image(BaseModel):
+    """A JSON upload: a base64 PNG (or JPEG...), optionally as a `data:` URL."""
+
+    image: str
+
+
+class ModelInfo(BaseModel):
+    """The served `.pth`, as it describes itself."""
+
+    file: str
+    arch: str
+    args: dict[str, Any]
+    parameters: int
+    mean: float
+    std: float
+    metrics: dict[str, Any] = Field(description="what training recorded (accuracy, epochs...)")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or as it streams."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await JSONResponse({"detail": self._too_large()}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a chunked body without Content-Length
+                raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> str:
+        return f"request body too large (limit {self.max_bytes // 1024 // 1024} MB)"
+
+
+def _png_base64(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8), "L").save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> an opened image, exactly as `predict` opens a file; HTTPException on bad input."""
+    if not data:
+        raise HTTPException(400, f"the upload is empty ({name})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+                width, height, fmt = probe.width, probe.height, probe.format
+    except Image.UnidentifiedImageError:
+        raise HTTPException(415, f"not an image, or a format Pillow cannot read ({name})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as exc:
+        raise HTTPException(422, f"cannot decode image ({name}): {exc}") from None
+    if width * height > max_pixels:
+        raise HTTPException(
+            413, f"image too large: {width}x{height} pixels (limit {max_pixels:,}) ({name})"
+        )
+    # `open_image` reads a path: a temp file keeps its decoding (JPEG draft, EXIF orientation,
+    # first frame) the single source of truth for the CLI and the server alike.
+    fd, tmp = tempfile.mkstemp(prefix="mnistcnn-upload-", suffix=f".{(fmt or 'img').lower()}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return open_image(tmp)
+    except ImageError as exc:
+        raise HTTPException(422, str(exc).replace(tmp, name)) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
+    """Preprocess as `predict` does, then classify; no digit is an answer, not an error."""
+    try:
+        image = preprocess_image(img).image
+    except ImageError as exc:
+        return Prediction(found=False, message=str(exc))
+    probs = classify(model, image[None].astype(np.float32))[0].tolist()
+    label = int(np.argmax(probs))
+    return Prediction(
+        found=True,
+        label=label,
+        probability=probs[label],
+        probabilities=probs,
+        image=_png_base64(image),
+    )
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    """The image bytes of a multipart (field `image`), JSON (base64) or raw request, and a name."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get(FIELD)
+        if not isinstance(upload, UploadFile):
+            got = ", ".join(sorted(set(form.keys()))) or "no fields"
+            kind = "a text field, not a file" if FIELD in form else f"missing (got {got})"
+            raise HTTPException(422, f"multipart field {FIELD!r} must hold the image file: {kind}")
+        return await upload.read(), upload.filename or "upload"
+    if media == "application/json":
+        try:
+            payload = Base64Image.model_validate(json.loads(await request.body()))
+        except ValueError:
+            raise HTTPException(422, 'expected JSON {"image": "<base64 PNG>"}') from None
+        text = "".join(payload.image.split())
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            return base64.b64decode(text, validate=True), "base64 image"
+        except binascii.Error:
+            raise HTTPException(422, "the JSON field 'image' is not valid base64") from None
+    if media.startswith("image/") or media == "application/octet-stream":
+        return await request.body(), "upload"
+    raise HTTPException(
+        415,
+        f"send the image as multipart/form-data (file field {FIELD!r}), as JSON "
+        '{"image": "<base64 PNG>"} or as a raw image/* body, not '
+        + (media or "a body without Content-Type"),
+    )
+
+
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [FIELD],
+                "properties": {FIELD: {"type": "string", "format": "binary"}},
+            }
+        },
+        "application/json": {"schema": Base64Image.model_json_schema()},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "empty or malformed upload",
+        413: "body or image too large",
+        415: "not an image, or an unsupported Content-Type",
+        422: "missing field, bad base64, or an image that cannot be decoded",
+    }.items()
+}
+
+
+def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The web app around a loaded model (read-only, shared by concurrent requests)."""
+    # No /docs or /redoc: FastAPI's pages load Swagger UI from a CDN; the schema is served.
+    app = FastAPI(
+        title="mnistcnn",
+        summary="Draw a digit, see what the network thinks.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    info = model.get_extra_state()
+    model_info = ModelInfo(
+        file=Path(file).name,
+        arch=info["arch"],
+        args=info["args"],
+        parameters=count_parameters(model),
+        mean=info["mean"],
+        std=info["std"],
+        metrics=info["meta"],
+    )
+    busy = threading.BoundedSemaphore(WORKERS)
+
+    def work(data: bytes, name: str) -> Prediction:
+        with busy:
+            return predict_image(model, decode_upload(data, name))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
+
+    @app.get("/healthz", summary="liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/model", summary="the served model")
+    async def model_endpoint() -> ModelInfo:
+        return model_info
+
+    @app.post(
+        "/api/predict",
+        summary="classify a digit image",
+        description=(
+            f"Multipart with the image in the file field {FIELD!r}, JSON "
+            '{"image": "<base64 PNG>"} (a `data:` URL works too), or the raw image as the body '
+            "(Content-Type image/png, image/jpeg...). An image without a digit "
+            "(an empty canvas) is answered 200 with `found: false`."
+        ),
+        openapi_extra={"requestBody": PREDICT_BODY},
+        responses=ERRORS,
+    )
+    async def predict_endpoint(request: Request) -> Prediction:
+        data, name = await read_upload(request)
+        # Decoding, preprocessing and the forward pass are CPU work: off the event loop.
+        return await to_thread.run_sync(work, data, name)
+
+    return app
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free one); MnistCnnError if it cannot be had."""
+    if not 0 <= port <= 65535:  # getaddrinfo would silently wrap it modulo 65536
+        raise MnistCnnError(f"port must be 0-65535 (0: any free port), not {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, OverflowError) as exc:
+        raise MnistCnnError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise MnistCnnError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    return sock
+
+
+def url(sock: socket.socket) -> str:
+    """http://host:port/ of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether the socket only accepts connections from this machine."""
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def server(app: FastAPI) -> uvicorn.Server:
+    """A quiet uvicorn server for `app` (start it with `.run(sockets=[sock])`)."""
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+
+def serve(model_path: str | Path, host: str, port: int, log: Callable[[str], None]) -> None:
+    """Load the model, bind, say where, and serve until Ctrl-C."""
+    model = load_model(model_path)
+    sock = bind(host, port)
+    app = create_app(model, str(model_path))
+    where = url(sock)
+    if is_loopback(sock):
+        log(f"mnistcnn: serving {model_path} at {where} (loopback only: this machine)")
+    else:
+        log(
+            f"mnistcnn: serving {model_path} at {where} -- NOT loopback: reachable from other "
+            "machines, with no authentication"
+        )
+    log("mnistcnn: API: POST /api/predict, GET /api/model, /openapi.json; Ctrl-C to stop")
+    server(app).run(sockets=[sock])
