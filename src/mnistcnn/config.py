@@ -268,6 +268,8 @@ def _component(key: str, raw: Any) -> Component:
     if not isinstance(raw, Mapping) or "name" not in raw:
         raise ConfigError(f"{key}: expected a mapping with a 'name' key, got {raw!r}")
     name = raw["name"]
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{key}.name: expected a name (a string), got {name!r}")
     kwargs = {k: v for k, v in raw.items() if k != "name"}
     if not all(isinstance(k, str) for k in kwargs):
         raise ConfigError(f"{key}: keys must be strings")
