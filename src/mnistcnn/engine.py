@@ -250,8 +250,12 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train a model as `cfg` says, save the best-by-validation weights, test them; the summary.
+
+    `on_epoch(row)` is called with each epoch's metrics row once its files are saved (a tuner
+    may raise there to stop the run early).
 
     After every epoch a resumable checkpoint (weights, optimizer, scheduler, every RNG state)
     is written atomically beside the model; `resume` (as `load_training_state` returns it)
@@ -379,6 +383,8 @@ def fit(
                 f"acc {100 * train['accuracy']:.2f}%  val loss {val['loss']:.4f} "
                 f"acc {100 * val['accuracy']:.2f}%  lr {lr:.3g}  {row['seconds']:.1f}s"
             )
+            if on_epoch is not None:
+                on_epoch(row)
     except KeyboardInterrupt:
         done = epoch - 1
         if done >= 1:
