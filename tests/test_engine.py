@@ -218,6 +218,27 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(
     assert not Path(cfg.train.output).exists()
 
 
+def test_ctrl_c_right_after_an_epoch_line_reports_the_saved_model(
+    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+) -> None:
+    # A user presses Ctrl-C when the epoch line appears: the epoch's model is already saved,
+    # so the message must point at it, not say that nothing was saved.
+    small_data(256)
+    cfg = make_cfg(*QUICK, "train.epochs=3")
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("epoch   1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, progress=False, log=log)
+    assert load_model(cfg.train.output).meta["epoch"] == 1
+    assert "nothing saved" not in logs[-1]
+    assert str(cfg.train.output) in logs[-1]
+
+
 # --- schedules, optimizers, losses ---------------------------------------------------------
 
 
