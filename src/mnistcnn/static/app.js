@@ -60,6 +60,7 @@ function clearCanvas() {
   clearTimeout(timer);
   timer = null;
   pending = false;
+  setBusy();
   showEmpty("No digit yet: draw one.");
 }
 
@@ -101,28 +102,35 @@ function endStroke() {
   schedule();
 }
 
+// data-busy on <body>: "true" while an answer is due (a request waiting or in flight).
+function setBusy() {
+  document.body.dataset.busy = String(timer !== null || inFlight || pending);
+}
+
 function schedule() {
   if (timer === null) timer = setTimeout(run, THROTTLE_MS);
+  setBusy();
 }
 
 function run() {
   timer = null;
   if (inFlight) {
     pending = true;
-    return;
-  }
-  if (photo) {
-    send(photo, photo.name || "photo");
+  } else if (photo) {
+    send(photo, photo.name || "photo", generation);
   } else if (hasInk) {
-    canvas.toBlob((blob) => send(blob, "canvas.png"), "image/png");
+    const mine = generation;
+    inFlight = true; // from now: toBlob is asynchronous too
+    canvas.toBlob((blob) => send(blob, "canvas.png", mine), "image/png");
   } else {
     showEmpty("No digit yet: draw one.");
   }
+  setBusy();
 }
 
-async function send(blob, name) {
-  const mine = generation;
+async function send(blob, name, mine) {
   inFlight = true;
+  setBusy();
   const form = new FormData();
   form.append("image", blob, name);
   try {
@@ -145,6 +153,7 @@ async function send(blob, name) {
       pending = false;
       schedule();
     }
+    setBusy();
   }
 }
 
@@ -249,5 +258,6 @@ async function loadModelInfo() {
 }
 
 setPen();
+setBusy();
 showEmpty("No digit yet: draw one.");
 loadModelInfo();
