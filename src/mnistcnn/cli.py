@@ -38,6 +38,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         sets.append(f"train.device={args.device}")
     if getattr(args, "output", None):
         sets.append(f"train.output={json.dumps(args.output)}")
+    if getattr(args, "run_name", None):
+        sets.append(f"train.run_name={json.dumps(args.run_name)}")
+    if getattr(args, "run_dir", None) is not None:
+        sets.append(f"train.run_dir={json.dumps(args.run_dir or None)}")
     return sets
 
 
@@ -73,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from mnistcnn.checkpoint import load_model
@@ -88,10 +93,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     logits = predict_logits(model, test, args.batch_size, device, channels_last=True)
     report = classification_report(logits, test.labels)
     _print_json(report) if args.json else _stdout(format_report(report))
+    if args.save_confusion:
+        from mnistcnn import figures
+
+        figures.save(figures.confusion(np.array(report["confusion"])), args.save_confusion)
+        _stderr(f"saved {args.save_confusion}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.explain and not args.save_preprocessed:
+        raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
+    if args.explain and (getattr(args, "multi", False) or args.model.lower().endswith(".onnx")):
+        raise ConfigError("--explain works on single digits with a .pth model")
     if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
         from mnistcnn.onnx_predict import load_onnx, predict_paths
 
@@ -111,6 +125,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif not args.json:
             others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
             _stdout(f"{p.path}: {p.label}  (p={p.probability:.3f})  {others}".rstrip())
+    if args.explain:
+        from mnistcnn.explain import explain_predictions
+
+        for path in explain_predictions(model, results, args.save_preprocessed):
+            _stderr(f"saved {path}")
     if not results:
         raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
     if args.json:
@@ -143,6 +162,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     _print_json(dataclasses.asdict(report)) if args.json else _stdout(format_report(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnistcnn.report import report
+
+    written = report(args.run, args.output, args.data_dir)
+    _stdout(f"wrote {len(written) - 1} pictures and {written['html']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mnistcnn.report import compare, format_compare
+
+    table = compare(args.runs, args.plot)
+    _print_json(table) if args.json else _stdout(format_compare(table))
+    _stderr(f"saved {args.plot}")
     return 0
 
 
@@ -181,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     train.add_argument(
+        "--run-name", metavar="NAME", help="the run folder's name before its time (train.run_name)"
+    )
+    train.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where run folders go, '' for none (train.run_dir, default runs)",
+    )
+    train.add_argument(
         "--resume", metavar="CKPT", help="continue an interrupted run (its .ckpt, .pth or folder)"
     )
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -194,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=2000, metavar="N")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument(
+        "--save-confusion", metavar="PNG", help="also draw the confusion matrix as a PNG"
+    )
     ev.set_defaults(handler=cmd_eval)
 
     pr = sub.add_parser("predict", help="classify image files of handwritten digits")
@@ -201,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", "-m", default="models/cnn.pth", metavar="MODEL.pth")
     pr.add_argument("--top-k", "-k", type=int, default=1, choices=range(1, 11), metavar="K")
     pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.add_argument(
+        "--explain",
+        action="store_true",
+        help="with --save-preprocessed: an occlusion map of the pixels that drove each answer "
+        "(NAME.explain.png)",
+    )
     pr.add_argument(
         "--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file"
     )
@@ -231,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ex.add_argument("--json", action="store_true", help="print the report as JSON")
     ex.set_defaults(handler=cmd_export)
+
+    rp = sub.add_parser("report", help="a run's pictures (PNG) and one report.html")
+    rp.add_argument("run", metavar="RUN_DIR_OR_MODEL", help="a run folder or a model .pth")
+    rp.add_argument("--output", "-o", metavar="DIR", help="where to write (default RUN/report/)")
+    rp.add_argument("--data-dir", metavar="DIR", help="MNIST/raw/ folder (default: the run's)")
+    rp.set_defaults(handler=cmd_report)
+
+    cp = sub.add_parser("compare", help="a table of runs and their validation curves overlaid")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model .pth files")
+    cp.add_argument(
+        "--plot", default="compare.png", metavar="PNG", help="the overlay (default compare.png)"
+    )
+    cp.add_argument("--json", action="store_true", help="print the table as JSON")
+    cp.set_defaults(handler=cmd_compare)
 
     cfg = sub.add_parser("config", help="inspect configs")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")

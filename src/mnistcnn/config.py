@@ -97,7 +97,7 @@ class Component:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The loop: length, seed, device and where the model goes."""
+    """The loop: length, seed, device and where the model and the run folder go."""
 
     epochs: int = 20
     seed: int = 0
@@ -108,6 +108,8 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True
     log_every: int = 50
+    run_dir: str | None = "runs"
+    run_name: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -119,6 +121,12 @@ class TrainConfig:
             f"must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}",
         )
         _check(self.output.endswith(".pth"), "train.output", "must end with .pth")
+        _check(
+            self.run_name is None or re.fullmatch(r"[\w.-]+", self.run_name) is not None,
+            "train.run_name",
+            f"must be a folder name (letters, digits, . _ -), not {self.run_name!r}",
+        )
+        _check(self.run_name not in (".", ".."), "train.run_name", "must not be . or ..")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from mnistcnn.data import (
 )
 from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
 from mnistcnn.model import build_model, count_parameters
+from mnistcnn.runlog import RunLog
 
 # Schedulers that expect a step per batch; every other one steps once per epoch.
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
@@ -113,11 +114,14 @@ def train_one_epoch(
     log_every: int = 50,
     progress: tqdm | None = None,
     epoch: int = 1,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `batches` of (uint8 images, labels); returns mean loss and accuracy.
 
     `scheduler`, if given, steps after every batch. Losses stay on the device and are checked
     for NaN/inf (and shown) every `log_every` steps, so the loop does not sync each batch.
+    At those steps `on_log(step, {loss, accuracy, lr, grad_norm})` gets the window's means and
+    the gradient norm of that step (computed only then).
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -125,8 +129,11 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     checked = 0
+    window = (0, 0)  # (correct, seen) at the last check, for the window's accuracy
+    grad_norm = torch.zeros(())
 
-    def check(upto: int) -> None:
+    def check(upto: int, log: bool) -> None:
+        nonlocal window
         recent = torch.stack(losses[checked:upto])
         if not torch.isfinite(recent).all():
             batch = checked + int((~torch.isfinite(recent)).nonzero()[0]) + 1
@@ -139,6 +146,18 @@ def train_one_epoch(
                 loss=f"{recent.mean().item():.4f}", acc=f"{correct.item() / seen:.4f}"
             )
             progress.update(upto - checked)
+        if log and on_log is not None:
+            right = correct.item()
+            on_log(
+                upto,
+                {
+                    "loss": recent.mean().item(),
+                    "accuracy": (right - window[0]) / max(seen - window[1], 1),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "grad_norm": grad_norm.item(),
+                },
+            )
+            window = (right, seen)
 
     for step, (images, labels) in enumerate(batches, 1):
         images = to_float(images.to(device, non_blocking=True))
@@ -151,6 +170,9 @@ def train_one_epoch(
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if on_log is not None and step % log_every == 0:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = nn.utils.get_total_norm(grads)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -158,10 +180,10 @@ def train_one_epoch(
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         if step % log_every == 0:
-            check(step)
+            check(step, log=True)
             checked = step
     if len(losses) > checked:
-        check(len(losses))
+        check(len(losses), log=False)
     return {"loss": torch.stack(losses).mean().item(), "accuracy": correct.item() / seen}
 
 
@@ -192,8 +214,12 @@ def evaluate(
     model: nn.Module, split: Split, batch_size: int, device: torch.device, **kwargs: Any
 ) -> dict[str, float]:
     """Cross-entropy loss and accuracy of `model` on `split`."""
-    logits = predict_logits(model, split, batch_size, device, **kwargs)
-    labels = split.labels.to(logits.device)
+    return scores(predict_logits(model, split, batch_size, device, **kwargs), split.labels)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of `logits` against `labels`."""
+    labels = labels.to(logits.device)
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "accuracy": (logits.argmax(1) == labels).float().mean().item(),
@@ -317,6 +343,11 @@ def fit(
         f"device {device}; {len(train_split)} train / {len(val_split)} val / "
         f"{len(test_split)} test images"
     )
+    run_step = len(loader) * (start - 1)  # the global step training resumes after
+    runlog = RunLog.open(
+        cfg, log=log, resume=None if resume is None else {**resume, "run_step": run_step}
+    )
+    runlog.graph(model, to_float(test_split.images[:1]))
     epoch = start
     try:
         for epoch in range(start, cfg.train.epochs + 1):
@@ -342,6 +373,7 @@ def fit(
                     log_every=cfg.train.log_every,
                     progress=bar,
                     epoch=epoch,
+                    on_log=runlog.step_logger(epoch, len(loader)),
                     **speed,
                 )
             val = evaluate(runner, val_split, cfg.data.eval_batch_size, device, **speed)
@@ -375,9 +407,11 @@ def fit(
                     "rng": _rng_state(generators),
                     "best": best,
                     "history": history,
+                    "run_dir": str(runlog.folder) if runlog.folder else None,
                 },
             )
             atomic_write_text(paths["metrics"], _metrics_csv(history))
+            runlog.epoch(row, history, paths["model"] if best["epoch"] == epoch else None)
             log(
                 f"epoch {epoch:>3}/{cfg.train.epochs}  train loss {train['loss']:.4f} "
                 f"acc {100 * train['accuracy']:.2f}%  val loss {val['loss']:.4f} "
@@ -395,11 +429,16 @@ def fit(
             )
         else:
             log(f"interrupted in epoch {epoch}, before any epoch finished: nothing saved")
+        runlog.close()
+        raise
+    except BaseException:
+        runlog.close()
         raise
     atomic_write_text(paths["config"], config_mod.dump(cfg))
 
     model.load_state_dict(best.pop("state"))
-    test = evaluate(model, test_split, cfg.data.eval_batch_size, device, **speed)
+    logits = predict_logits(model, test_split, cfg.data.eval_batch_size, device, **speed)
+    test = scores(logits, test_split.labels)
     model.meta = {
         **best,
         "test_accuracy": test["accuracy"],
@@ -410,4 +449,8 @@ def fit(
         "torch": str(torch.__version__),
     }
     save_model(model, paths["model"])
-    return {**model.meta, "model": str(paths["model"]), "device": str(device)}
+    runlog.copy_model(paths["model"])
+    runlog.finish(test_split.images, test_split.labels, logits, model.meta)
+    runlog.close()
+    run_dir = str(runlog.folder) if runlog.folder else None
+    return {**model.meta, "model": str(paths["model"]), "device": str(device), "run_dir": run_dir}

@@ -1,0 +1,212 @@
+"""The run folder (`runs/<name>-<time>/`) and its TensorBoard event files.
+
+`RunLog.open` makes the folder and writes the resolved config; during training it receives
+per-step and per-epoch scalars (kept in steps.csv / metrics.csv and sent to TensorBoard) and a
+copy of each saved model; at the end the confusion matrix and the worst mistakes. Without
+tensorboard installed the folder is still written and the run says how to get the events;
+with `train.run_dir: null` every method does nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistcnn import config as config_mod
+from mnistcnn.checkpoint import atomic_write, atomic_write_text
+from mnistcnn.config import Config
+from mnistcnn.errors import MnistCnnError
+
+# What a run folder holds (report and compare read these names).
+CONFIG, METRICS, STEPS, MODEL = "config.yaml", "metrics.csv", "steps.csv", "model.pth"
+STEP_FIELDS = ("step", "epoch_float", "loss", "accuracy", "lr", "grad_norm")
+# How many of the most confident test mistakes go to TensorBoard and the report.
+WORST = 24
+ENABLE_HINT = "TensorBoard event files are off: pip install 'mnistcnn[viz]' to write them"
+
+
+def _csv(rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        folder = parent / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise MnistCnnError(f"cannot create the run folder {folder}: {exc.strerror}") from None
+    raise MnistCnnError(f"too many runs named {name}-{stamp} in {parent}")
+
+
+def _summary_writer(folder: Path, purge_step: int | None) -> Any:
+    """A SummaryWriter, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+
+
+class RunLog:
+    """One training run's folder and TensorBoard writer (`folder` is None when disabled)."""
+
+    def __init__(self, folder: Path | None, writer: Any, steps: list[dict[str, Any]]) -> None:
+        self.folder = folder
+        self.writer = writer
+        self.steps = steps
+        self._norms: list[float] = []
+
+    @classmethod
+    def open(
+        cls, cfg: Config, *, log: Callable[[str], None], resume: dict[str, Any] | None = None
+    ) -> RunLog:
+        """Create (or, resuming, reopen) the run folder and write the resolved config."""
+        if not cfg.train.run_dir:
+            return cls(None, None, [])
+        steps: list[dict[str, Any]] = []
+        purge = None
+        if resume is not None and resume.get("run_dir") and Path(resume["run_dir"]).is_dir():
+            folder = Path(resume["run_dir"])
+            purge = resume["run_step"] + 1
+            if (folder / STEPS).is_file():
+                with open(folder / STEPS, newline="") as f:
+                    steps = [r for r in csv.DictReader(f) if int(r["step"]) < purge]
+        else:
+            name = cfg.train.run_name or Path(cfg.train.output).stem
+            folder = _new_folder(Path(cfg.train.run_dir), name)
+        atomic_write_text(folder / CONFIG, config_mod.dump(cfg))
+        writer = _summary_writer(folder, purge)
+        see = f"tensorboard --logdir {folder.parent}" if writer else ENABLE_HINT
+        log(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
+        if writer is not None:
+            text = "\n".join(f"    {line}" for line in config_mod.dump(cfg).splitlines())
+            writer.add_text("config", text)
+        return cls(folder, writer, steps)
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def graph(self, model: nn.Module, example: torch.Tensor) -> None:
+        """Add the model graph, traced on a copy in eval mode (BatchNorm statistics stay put)."""
+        if self.writer is None:
+            return
+        twin = copy.deepcopy(model).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self.writer.add_graph(twin, example)
+            except Exception as exc:  # a model jit.trace cannot follow: the run goes on
+                warnings.warn(f"TensorBoard graph skipped: {exc}", stacklevel=2)
+
+    def step_logger(
+        self, epoch: int, steps_per_epoch: int
+    ) -> Callable[[int, dict[str, float]], None] | None:
+        """A `train_one_epoch(on_log=...)` callback for this epoch, or None when disabled."""
+        if not self.enabled:
+            return None
+        self._norms = []
+
+        def on_log(step: int, stats: dict[str, float]) -> None:
+            global_step = (epoch - 1) * steps_per_epoch + step
+            self.steps.append(
+                {
+                    "step": global_step,
+                    "epoch_float": round(epoch - 1 + step / steps_per_epoch, 4),
+                    **{k: round(v, 6) if k != "lr" else v for k, v in stats.items()},
+                }
+            )
+            self._norms.append(stats["grad_norm"])
+            if self.writer is not None:
+                for key, value in stats.items():
+                    self.writer.add_scalar(f"step/{key}", value, global_step)
+
+        return on_log
+
+    def epoch(self, row: dict[str, Any], history: list[dict[str, Any]], saved: Path | None) -> None:
+        """Write metrics.csv and steps.csv, copy the model if it was `saved`, add scalars."""
+        if not self.enabled:
+            return
+        assert self.folder is not None
+        atomic_write_text(self.folder / METRICS, _csv(history, list(history[0])))
+        atomic_write_text(self.folder / STEPS, _csv(self.steps, STEP_FIELDS))
+        if saved is not None:
+            self.copy_model(saved)
+        if self.writer is None:
+            return
+        e = row["epoch"]
+        # One tag per curve: add_scalars would make a sub-run folder per curve.
+        for split in ("train", "val"):
+            for key in ("loss", "accuracy"):
+                self.writer.add_scalar(f"epoch/{split}_{key}", row[f"{split}_{key}"], e)
+        self.writer.add_scalar("epoch/lr", row["lr"], e)
+        if self._norms:
+            self.writer.add_scalar("epoch/grad_norm", sum(self._norms) / len(self._norms), e)
+        self.writer.flush()
+
+    def copy_model(self, model_file: Path) -> None:
+        """Copy the saved model into the run folder (atomically)."""
+        if self.folder is not None and model_file.is_file():
+            with open(model_file, "rb") as src:
+                atomic_write(self.folder / MODEL, lambda f: shutil.copyfileobj(src, f))
+
+    def finish(
+        self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, meta: dict
+    ) -> None:
+        """Add the test set's confusion matrix and most confident mistakes to TensorBoard."""
+        if self.writer is None:
+            return
+        from mnistcnn import figures
+        from mnistcnn.metrics import confusion_matrix
+
+        probs = torch.softmax(logits.float().cpu(), 1)
+        labels = labels.cpu()
+        preds = probs.argmax(1)
+        cm = confusion_matrix(preds, labels).numpy()
+        self.writer.add_image(
+            "test/confusion_matrix", figures.to_rgb(figures.confusion(cm)), dataformats="HWC"
+        )
+        worst = worst_mistakes(probs, labels, WORST)
+        fig = figures.misclassified(
+            images.cpu()[worst].float().numpy() / 255.0,
+            labels[worst].tolist(),
+            preds[worst].tolist(),
+            probs[worst].max(1).values.tolist(),
+            probs[worst, labels[worst]].tolist(),
+        )
+        self.writer.add_image("test/misclassified", figures.to_rgb(fig), dataformats="HWC")
+        for key in ("test_accuracy", "test_loss", "val_accuracy"):
+            if key in meta:
+                self.writer.add_scalar(f"final/{key}", meta[key], 0)
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the misclassified images, most confident first (at most `count`)."""
+    confidence, preds = probs.max(1)
+    wrong = (preds != labels).nonzero().flatten()
+    return wrong[confidence[wrong].argsort(descending=True)][:count]
