@@ -88,6 +88,7 @@ def make_cfg(data_dir: Path, tmp_path: Path) -> Callable[..., Any]:
             "data.download=false",
             f"train.output={tmp_path / 'model.pth'}",
             "train.device=cpu",
+            "train.run_dir=null",  # no run folder (TensorBoard events) unless a test asks
         ]
         return load_config(config, [*base, *overrides])
 
@@ -114,6 +115,7 @@ def small_data(
 
 
 def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, ...]) -> dict:
+    """Train on CPU into `out`; the run folder (if any) goes beside it, never into the repo."""
     from mnistcnn.config import load_config
     from mnistcnn.engine import fit
 
@@ -124,6 +126,7 @@ def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, .
             "data.download=false",
             f"train.output={out}",
             "train.device=cpu",
+            f"train.run_dir={out.parent / 'runs'}",
             *overrides,
         ],
     )
@@ -143,7 +146,7 @@ def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def digit_model_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A ~98 % model for the prediction tests, trained once."""
     out = tmp_path_factory.mktemp("digits") / "digits.pth"
-    return _fit(data_dir, out, TINY, DIGIT_MODEL_SETS)
+    return _fit(data_dir, out, TINY, (*DIGIT_MODEL_SETS, "train.run_dir=null"))
 
 
 @pytest.fixture(scope="session")

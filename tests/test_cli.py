@@ -24,6 +24,7 @@ from mnistcnn.cli import main
 from mnistcnn.config import Config, dump, load_config
 
 QUICK = ["--set", "data.subset=512", "--set", "data.val_size=256", "--set", "train.epochs=1"]
+NO_RUN_DIR = ["--set", "train.run_dir=null"]  # tests never write runs/ into the repository
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
@@ -153,7 +154,19 @@ def test_yaml_error_names_file_and_line(capsys: pytest.CaptureFixture[str], tmp_
 @pytest.fixture
 def train_args(data_dir: Path, tmp_path: Path) -> list[str | Path]:
     out = tmp_path / "runs" / "m.pth"
-    return ["train", "-c", TINY, *QUICK, "--data-dir", data_dir, "-o", out, "--device", "cpu"]
+    return [
+        "train",
+        "-c",
+        TINY,
+        *QUICK,
+        *NO_RUN_DIR,
+        "--data-dir",
+        data_dir,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+    ]
 
 
 def test_train_text(
@@ -215,6 +228,7 @@ def test_train_with_missing_data(capsys: pytest.CaptureFixture[str], tmp_path: P
         tmp_path / "no-mnist",
         "--set",
         "data.download=false",
+        *NO_RUN_DIR,
         "-o",
         tmp_path / "m.pth",
     )
@@ -480,7 +494,17 @@ def test_subprocess_train_eval_predict(
     tmp_path: Path, data_dir: Path, few_digits: dict[Path, int], digit_model_run: dict
 ) -> None:
     done = run(
-        "train", "-c", TINY, *QUICK, "--data-dir", data_dir, "-o", "m.pth", "--json", cwd=tmp_path
+        "train",
+        "-c",
+        TINY,
+        *QUICK,
+        *NO_RUN_DIR,
+        "--data-dir",
+        data_dir,
+        "-o",
+        "m.pth",
+        "--json",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -525,6 +549,7 @@ def test_subprocess_error_exits_1_without_traceback(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path: Path, data_dir: Path) -> None:
     sets = ["--set", "data.subset=1024", "--set", "data.val_size=512", "--set", "train.epochs=50"]
+    sets += NO_RUN_DIR
     proc = subprocess.Popen(
         [
             sys.executable,

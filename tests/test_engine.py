@@ -357,8 +357,8 @@ def test_losses_the_config_accepts_train_or_are_config_errors(
 def test_train_one_epoch_and_evaluate_return_metrics(mnist_test: Split) -> None:
     torch.manual_seed(0)
     model = build_model("cnn", {"channels": (8, 16), "convs_per_stage": (1, 1)})
-    split = Split(mnist_test.images[:512], mnist_test.labels[:512])
-    batches = [(split.images[i : i + 64], split.labels[i : i + 64]) for i in range(0, 512, 64)]
+    split = Split(mnist_test.images[:256], mnist_test.labels[:256])
+    batches = [(split.images[i : i + 32], split.labels[i : i + 32]) for i in range(0, 256, 32)]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     before = evaluate(model, split, 100, CPU)
     bar = tqdm(total=len(batches), file=io.StringIO())

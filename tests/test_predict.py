@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import STYLES
 from PIL import Image
 
 from mnistcnn.model import DigitNet
@@ -44,26 +45,29 @@ def mixed(tmp_path: Path, draw: Callable[..., None], seven: np.ndarray) -> dict[
 # --- accuracy on re-drawn digits -----------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def redrawn(digit_model: DigitNet, digit_images: dict[Path, int]) -> list[Prediction]:
+    """The predictions for all 200 re-drawn digits, made once."""
+    return list(predict_paths(digit_model, list(digit_images)))
+
+
 def test_redrawn_test_digits_are_recognised(
-    digit_model: DigitNet, digit_images: dict[Path, int]
+    redrawn: list[Prediction], digit_images: dict[Path, int]
 ) -> None:
-    predictions = list(predict_paths(digit_model, list(digit_images)))
-    assert [p.path for p in predictions] == [str(p) for p in digit_images]
-    assert not [p.error for p in predictions if p.error]
-    right = [p.label == digit_images[Path(p.path)] for p in predictions]
+    assert [p.path for p in redrawn] == [str(p) for p in digit_images]
+    assert not [p.error for p in redrawn if p.error]
+    right = [p.label == digit_images[Path(p.path)] for p in redrawn]
     accuracy = sum(right) / len(right)
     assert accuracy >= 0.95, f"{accuracy:.3f} on {len(right)} re-drawn MNIST test digits"
 
 
-@pytest.mark.parametrize("style", ["RGB", "L", "RGBA", "JPEG"])
+@pytest.mark.parametrize("style", STYLES)
 def test_every_image_style_is_recognised(
-    digit_model: DigitNet, digit_images: dict[Path, int], style: str
+    redrawn: list[Prediction], digit_images: dict[Path, int], style: str
 ) -> None:
     # The 200 images cycle through the styles: each style must do well on its own 50.
-    styles = ("RGB", "L", "RGBA", "JPEG")
-    mine = [p for i, p in enumerate(digit_images) if styles[i % 4] == style]
-    predictions = list(predict_paths(digit_model, mine))
-    accuracy = np.mean([p.label == digit_images[Path(p.path)] for p in predictions])
+    mine = [p for i, p in enumerate(redrawn) if STYLES[i % len(STYLES)] == style]
+    accuracy = np.mean([p.label == digit_images[Path(p.path)] for p in mine])
     assert accuracy >= 0.9, f"{style}: {accuracy:.2f}"
 
 
