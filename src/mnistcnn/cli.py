@@ -182,6 +182,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mnistcnn.tune import format_report, load_tune_config, run_study
+
+    sets = [*_overrides(args), *(f"search.{k}={v}" for k, v in _tune_flags(args).items())]
+    report = run_study(load_tune_config(args.config, sets), jobs=args.jobs, quiet=args.quiet)
+    _print_json(dataclasses.asdict(report)) if args.json else _stdout(format_report(report))
+    return 0
+
+
+def _tune_flags(args: argparse.Namespace) -> dict[str, str]:
+    flags = {"study": args.study, "storage": args.storage, "n_trials": args.n_trials}
+    flags["timeout"] = args.timeout
+    return {k: json.dumps(v) for k, v in flags.items() if v is not None}
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from mnistcnn.config import dump, load_config
 
@@ -298,6 +313,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--json", action="store_true", help="print the table as JSON")
     cp.set_defaults(handler=cmd_compare)
+
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (resumable, parallel)")
+    _add_config_args(tu)
+    tu.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="worker processes")
+    tu.add_argument("--study", metavar="NAME", help="study name and run folder (search.study)")
+    tu.add_argument(
+        "--storage", metavar="URL", help="shared study database (default: SQLite in the run folder)"
+    )
+    tu.add_argument("--n-trials", type=int, metavar="N", help="trials in the whole study")
+    tu.add_argument("--timeout", type=float, metavar="S", help="seconds for this run")
+    tu.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (train.device)")
+    tu.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
+    tu.add_argument("--json", action="store_true", help="print the report as JSON")
+    tu.set_defaults(handler=cmd_tune)
 
     cfg = sub.add_parser("config", help="inspect configs")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
