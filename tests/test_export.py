@@ -17,8 +17,10 @@ import pytest
 import torch
 from torch import nn
 
+from mnistcnn import export
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
+from mnistcnn.errors import ExportError
 from mnistcnn.export import count_batchnorms, export_model, fuse, runner
 from mnistcnn.model import build_model
 
@@ -226,3 +228,44 @@ def test_predict_onnx_errors(
     onnx.save(proto, bare)
     assert main(["predict", str(image), "-m", str(bare)]) == 1
     assert "not an mnistcnn export" in capsys.readouterr().err
+
+
+def test_predict_onnx_folder_in_process(
+    digit_onnx: tuple[Path, Any],
+    mnist_test: Any,
+    draw: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(3):
+        digit = mnist_test.images[i].numpy()
+        draw(digit, images / f"{i}.png", canvas=90, height=60, at=(15, 15), style="L")
+    (images / "broken.png").write_bytes(b"not an image")
+    seen = tmp_path / "seen"
+    args = ["predict", str(images), "-m", str(digit_onnx[0]), "--save-preprocessed", str(seen)]
+    assert main(args) == 1  # one file failed; the others are still answered
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and captured.err.startswith("mnistcnn: error:")
+    lines = captured.out.splitlines()
+    assert [line.split(": ")[1][0] for line in lines] == [
+        str(int(d)) for d in mnist_test.labels[:3]
+    ]
+    assert sorted(p.name for p in seen.iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+def test_export_library_errors(
+    tiny_run: dict, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pth, out = tiny_run["path"], tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="unknown format 'keras'"):
+        export_model(pth, out, fmt="keras")
+    with pytest.raises(ExportError, match="unknown quantization 'int4'"):
+        export_model(pth, out, fmt="onnx", quantize="int4", data_dir=data_dir)
+    with pytest.raises(ExportError, match="at least 1 image"):
+        export_model(pth, out, fmt="onnx", quantize="int8", data_dir=data_dir, calibration=0)
+    monkeypatch.setattr(export, "FLOAT_TOLERANCE", 0.0)  # any rounding now counts as a mismatch
+    with pytest.raises(ExportError, match=r"disagrees with .* nothing written"):
+        export_model(pth, out, fmt="onnx")
+    assert not out.exists()
