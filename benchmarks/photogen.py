@@ -61,6 +61,7 @@ class Scene:
     transparent: bool = False  # RGBA PNG: the digit alone on a transparent background
     orientation: int = 1  # EXIF orientation tag; the pixels are stored so a viewer shows it upright
     upscale: int = 1  # enlarge the rendered frame by this factor before encoding (12 MP photos)
+    touch: bool = False  # a row of digits: two neighbours touch (else they stand apart)
 
 
 @dataclass(frozen=True)
@@ -366,8 +367,11 @@ def _row(
         height = min(height, 0.85 * w / (0.75 * len(digits)))
     while True:
         parts = [glyph(d, height * _u(rng, 0.92, 1.08), scene, rng) for d in digits]
-        # Gaps from slightly overlapping (touching digits) to a third of a digit apart.
-        gaps = [round(_u(rng, -0.04, 0.3) * height) for _ in parts[1:]]
+        # Digits written apart: gaps of 4-35 % of their height between their boxes; with
+        # `touch`, one pair's boxes overlap by 2-8 % of it, so their strokes usually meet.
+        gaps = [round(_u(rng, 0.04, 0.35) * height) for _ in parts[1:]]
+        if scene.touch and gaps:
+            gaps[int(rng.integers(len(gaps)))] = round(_u(rng, -0.08, -0.02) * height)
         shifts = [round(_u(rng, -0.05, 0.05) * height) for _ in parts]
         width = sum(p.shape[1] for p in parts) + sum(gaps)
         top = min(s - p.shape[0] // 2 for p, s in zip(parts, shifts, strict=True))
@@ -556,12 +560,16 @@ def encode(image: Image.Image, scene: Scene) -> tuple[bytes, str]:
 
 
 def make_photo(
-    digits: Sequence[np.ndarray], labels: Sequence[int], condition: str, rng: np.random.Generator
+    digits: Sequence[np.ndarray],
+    labels: Sequence[int],
+    condition: str,
+    rng: np.random.Generator,
+    touch: bool = False,
 ) -> Photo:
     """One photo of the digits (left to right) under a condition from CONDITIONS."""
     if condition not in RECIPES:
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
-    scene = RECIPES[condition](base_scene(rng), rng)
+    scene = replace(RECIPES[condition](base_scene(rng), rng), touch=touch)
     data, suffix = encode(render(digits, scene, rng), scene)
     return Photo(data, suffix, "".join(str(int(v)) for v in labels), condition)
 
@@ -574,14 +582,16 @@ def photo_set(
     seed: int = 0,
     digits: int = 1,
     conditions: Sequence[str] | None = None,
+    touch: bool = False,
 ) -> Iterator[Photo]:
     """`count` seeded photos of `digits`-digit numbers drawn from `images` without repeats.
 
-    With `conditions`, each photo takes one of them at random and `condition` only names the set.
+    With `conditions`, each photo takes one of them at random and `condition` only names the
+    set. With `touch`, two neighbouring digits of each number touch.
     """
-    rng = np.random.default_rng([seed, zlib.crc32(condition.encode()), digits])
+    rng = np.random.default_rng([seed, zlib.crc32(condition.encode()), digits, touch])
     picks = rng.choice(len(images), size=count * digits, replace=False).reshape(count, digits)
     for index in picks:
         name = condition if conditions is None else str(rng.choice(list(conditions)))
-        photo = make_photo(list(images[index]), list(labels[index]), name, rng)
+        photo = make_photo(list(images[index]), list(labels[index]), name, rng, touch)
         yield replace(photo, condition=condition)

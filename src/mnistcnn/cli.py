@@ -106,6 +106,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (getattr(args, "multi", False) or args.model.lower().endswith(".onnx")):
         raise ConfigError("--explain works on single digits with a .pth model")
+    if args.multi:
+        return _predict_numbers(args)
     if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
         from mnistcnn.onnx_predict import load_onnx, predict_paths
 
@@ -130,6 +132,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             _stderr(f"saved {path}")
+    if not results:
+        raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
+    if args.json:
+        _print_json([dataclasses.asdict(p) for p in results])
+    return 1 if failed else 0
+
+
+def _digit_text(top: list[tuple[int, float]]) -> str:
+    """`7 (0.981)`, or with --top-k `7 (0.981; 1 0.012; 2 0.004)`."""
+    others = "".join(f"; {k} {v:.3f}" for k, v in top[1:])
+    return f"{top[0][0]} ({top[0][1]:.3f}{others})"
+
+
+def _predict_numbers(args: argparse.Namespace) -> int:
+    if Path(args.model).suffix.lower() == ".onnx":
+        raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
+    from mnistcnn.checkpoint import load_model
+    from mnistcnn.predict import predict_numbers
+
+    model = load_model(args.model)
+    failed = 0
+    results = []
+    for p in predict_numbers(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed):
+        results.append(p)
+        if p.error:
+            failed += 1
+            _stderr(f"mnistcnn: error: {p.error}")
+        elif not args.json:
+            digits = "  ".join(_digit_text(top) for top in p.digits)
+            _stdout(f"{p.path}: {p.number}  (p={p.probability:.3f})  {digits}")
     if not results:
         raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
     if args.json:
@@ -270,7 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(NAME.explain.png)",
     )
     pr.add_argument(
-        "--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file"
+        "--save-preprocessed",
+        metavar="DIR",
+        help="write the 28x28 image the model saw (NAME.png) and a picture of every "
+        "preprocessing step (NAME.steps.png), per file",
+    )
+    pr.add_argument(
+        "--multi",
+        action="store_true",
+        help="read several digits in a row (a year, a phone number) as one number",
     )
     pr.set_defaults(handler=cmd_predict)
 

@@ -1,4 +1,4 @@
-"""Image files in -> digit labels and probabilities out.
+"""Image files in -> digit labels and probabilities out (or, with `multi`, whole numbers).
 
 Directories are expanded to the images inside them and processed in streamed chunks, so memory
 stays bounded; a file that cannot be read becomes an error entry and the rest go on.
@@ -7,7 +7,7 @@ stays bounded; a file that cannot be read becomes an error entry and the rest go
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from PIL import Image
 
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.preprocess import preprocess
+from mnistcnn.preprocess import Preprocessed, Row, Steps, preprocess, segment, steps_panel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -30,6 +30,18 @@ class Prediction:
     label: int | None = None
     probability: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NumberPrediction:
+    """One file of digits in a row: the number read left to right, each digit's top k."""
+
+    path: str
+    number: str | None = None
+    probability: float | None = None  # the model's chance that every digit is right
+    digits: list[list[tuple[int, float]]] = field(default_factory=list)
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in the working image
     error: str | None = None
 
 
@@ -46,13 +58,32 @@ def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
 def classify(model: DigitNet, images: np.ndarray) -> torch.Tensor:
     """Probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
     device = next(model.parameters()).device
-    batch = torch.from_numpy(images).to(device).unsqueeze(1)
+    batch = torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device).unsqueeze(1)
     return torch.softmax(model.eval()(batch).float(), dim=1).cpu()
 
 
-def _save_view(image: np.ndarray, path: Path, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(out_dir / f"{path.stem}.png")
+class _Views:
+    """Writes what the model saw: `<stem>.png` (the 28x28 input; several side by side for a
+    number) and `<stem>.steps.png` (every preprocessing step), one name per input file."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.taken: set[str] = set()
+
+    def save(self, path: Path, images: list[np.ndarray], steps: Steps | None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # digit.png and digit.jpg are two inputs: the second keeps its suffix in the name.
+        name = next(
+            n
+            for n in (path.stem, path.name, *(f"{path.name}-{i}" for i in range(2, 10**6)))
+            if n not in self.taken
+        )
+        self.taken.add(name)
+        strip = np.concatenate(images, axis=1)
+        view = Image.fromarray((strip * 255).round().astype(np.uint8))
+        view.save(self.out_dir / f"{name}.png")
+        if steps is not None:
+            steps_panel(steps).save(self.out_dir / f"{name}.steps.png")
 
 
 def predict_paths(
@@ -65,18 +96,19 @@ def predict_paths(
 ) -> Iterator[Prediction]:
     """Predict every image, `chunk` files at a time, in input order."""
     files = expand_inputs(paths)
+    views = _Views(save_dir) if save_dir is not None else None
     while batch := list(islice(files, chunk)):
         ready: list[tuple[Path, np.ndarray]] = []
         results: dict[Path, Prediction] = {}
         for path in batch:
             try:
-                image = preprocess(path).image
+                found = preprocess(path) if views is None else preprocess(path, steps=True)
             except ImageError as exc:
                 results[path] = Prediction(str(path), error=str(exc))
                 continue
-            ready.append((path, image))
-            if save_dir is not None:
-                _save_view(image, path, Path(save_dir))
+            ready.append((path, found.image))
+            if views is not None:
+                views.save(path, [found.image], found.steps)
         if ready:
             probs = classify(model, np.stack([image for _, image in ready]))
             values, labels = probs.topk(min(top_k, probs.shape[1]), dim=1)
@@ -84,3 +116,67 @@ def predict_paths(
                 top = list(zip(labs, vals, strict=True))
                 results[path] = Prediction(str(path), labs[0], vals[0], top)
         yield from (results[path] for path in batch)
+
+
+# Reading a group of ink as n digits rather than one costs this much log-probability per
+# extra digit: a cut must give digits the model is clearly surer of, not just nameable shapes.
+SPLIT_COST = 1.0
+
+
+def _read(
+    model: DigitNet, path: Path, row: Row, top_k: int
+) -> tuple[NumberPrediction, list[Preprocessed]]:
+    """Pick each group's likeliest reading (whole, or cut where digits touch) and read it."""
+    flat = [d for options in row.readings for option in options for d in option]
+    probs = classify(model, np.stack([d.image for d in flat]))
+    best = probs.max(1).values.log().tolist()
+    chosen: list[int] = []  # indices into `flat`
+    start = 0
+    for options in row.readings:
+        scores, spans = [], []
+        for option in options:
+            span = list(range(start, start + len(option)))
+            start += len(option)
+            scores.append(sum(best[i] for i in span) - SPLIT_COST * (len(option) - 1))
+            spans.append(span)
+        chosen += spans[int(np.argmax(scores))]
+    values, labels = probs[chosen].topk(min(top_k, probs.shape[1]), dim=1)
+    tops = [
+        list(zip(labs, vals, strict=True))
+        for labs, vals in zip(labels.tolist(), values.tolist(), strict=True)
+    ]
+    number = "".join(str(top[0][0]) for top in tops)
+    probability = float(np.prod([top[0][1] for top in tops]))
+    digits = [flat[i] for i in chosen]
+    read = NumberPrediction(str(path), number, probability, tops, [d.box for d in digits])
+    return read, digits
+
+
+def read_number(model: DigitNet, path: str | Path, *, top_k: int = 1) -> NumberPrediction:
+    """Read the digits in a row in one image, left to right (ImageError if there are none)."""
+    return _read(model, Path(path), segment(path), top_k)[0]
+
+
+def predict_numbers(
+    model: DigitNet,
+    paths: Iterable[str | Path],
+    *,
+    top_k: int = 1,
+    save_dir: str | Path | None = None,
+) -> Iterator[NumberPrediction]:
+    """Read every image as a row of digits (a year, a phone number), in input order."""
+    views = _Views(save_dir) if save_dir is not None else None
+    for path in expand_inputs(paths):
+        try:
+            row = segment(path, steps=views is not None)
+        except ImageError as exc:
+            yield NumberPrediction(str(path), error=str(exc))
+            continue
+        read, digits = _read(model, path, row, top_k)
+        if views is not None and row.steps is not None:
+            crops = [d.crop for d in digits if d.crop is not None]
+            steps = replace(
+                row.steps, boxes=read.boxes, crops=crops, images=[d.image for d in digits]
+            )
+            views.save(path, [d.image for d in digits], steps)
+        yield read

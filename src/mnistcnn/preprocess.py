@@ -15,7 +15,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ class Preprocessed:
     image: np.ndarray
     box: tuple[int, int, int, int]  # left, top, right, bottom in the working image
     steps: Steps | None = None
+    crop: np.ndarray | None = None  # the stroke-normalized digit before scaling to 20x20
 
 
 @dataclass(frozen=True)
@@ -468,19 +469,24 @@ def _box(keep: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)
 
 
-def _results(found: _Found, keeps: list[np.ndarray], steps: bool) -> list[Preprocessed]:
-    made = [(_mnist(found, keep), _box(keep)) for keep in keeps]
-    trace = None
-    if steps:
-        trace = Steps(
-            found.rgb,
-            np.clip(found.contrast / found.peak, 0, 1),
-            found.labels > 0,
-            [box for _, box in made],
-            [crop for (_, crop), _ in made],
-            [image for (image, _), _ in made],
-        )
-    return [Preprocessed(image, box, trace) for (image, _), box in made]
+def _digits(found: _Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
+    """Each mask's ink as an MNIST-style digit."""
+    made = []
+    for keep in keeps:
+        image, crop = _mnist(found, keep)
+        made.append(Preprocessed(image, _box(keep), crop=crop))
+    return made
+
+
+def _trace(found: _Found, digits: list[Preprocessed]) -> Steps:
+    return Steps(
+        found.rgb,
+        np.clip(found.contrast / found.peak, 0, 1),
+        found.labels > 0,
+        [d.box for d in digits],
+        [d.crop for d in digits if d.crop is not None],
+        [d.image for d in digits],
+    )
 
 
 def _keep(found: _Found, parts: list[_Part]) -> np.ndarray:
@@ -490,13 +496,14 @@ def _keep(found: _Found, parts: list[_Part]) -> np.ndarray:
 def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
     """An opened image -> its MNIST-style 28x28 version (one digit)."""
     found = _analyse(img)
-    return _results(found, [_keep(found, _digit_parts(found.parts))], steps)[0]
+    (digit,) = _digits(found, [_keep(found, _digit_parts(found.parts))])
+    return replace(digit, steps=_trace(found, [digit])) if steps else digit
 
 
 def to_mnist(ink: np.ndarray) -> Preprocessed:
     """An ink map (bright ink on dark) -> the 28x28 image of the digit in it."""
     found = _find(np.zeros((*ink.shape, 3), np.uint8), ink)
-    return _results(found, [_keep(found, _digit_parts(found.parts))], False)[0]
+    return _digits(found, [_keep(found, _digit_parts(found.parts))])[0]
 
 
 def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
@@ -510,96 +517,137 @@ def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
 
 # --- a row of digits --------------------------------------------------------------------------
 
-# MNIST digits are at most ~1.25 times as wide as tall (99th percentile); wider ink is
-# digits that touch, cut where the ink is thinnest into pieces ~0.75 heights wide each.
-TOUCHING_ASPECT = 1.3
-DIGIT_ASPECT = 0.75
+# MNIST digits are at most ~1.25 times as wide as tall (99th percentile, 1.1 for 95 %): ink
+# wider than SPLIT_ASPECT heights may be touching digits, and is also read cut in pieces;
+# wider than WHOLE_ASPECT it is never read as one digit.
+SPLIT_ASPECT = 0.8
+WHOLE_ASPECT = 1.4
+# A touching digit is ~0.45-1.1 heights wide: cuts are tried where the ink is thinnest.
+DIGIT_ASPECT = 0.7
 
 
-def _row_parts(parts: list[_Part]) -> list[_Part]:
-    """The pieces that make up the row of digits: not at the border, not specks, in line."""
+def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
+    """The pieces of ink in the row of digits (not at the border, in line) and its height."""
     inside = [p for p in parts if not p.border] or parts
     biggest = max(p.mass for p in inside)
-    pieces = [p for p in inside if p.mass >= 0.02 * biggest]
-    big = [p for p in pieces if p.mass >= 0.25 * biggest]
-    top = min(p.box[1] for p in big)
-    bottom = max(p.box[3] for p in big)
-    margin = 0.25 * (bottom - top)
-    return [p for p in pieces if p.box[3] > top - margin and p.box[1] < bottom + margin]
+    big = [p for p in inside if p.mass >= 0.1 * biggest]
+    height = max(p.box[3] - p.box[1] for p in big)
+    top, bottom = min(p.box[1] for p in big), max(p.box[3] for p in big)
+    margin = 0.25 * height
+    pieces = [
+        p
+        for p in inside
+        if p.mass >= 0.01 * biggest and p.box[3] > top - margin and p.box[1] < bottom + margin
+    ]
+    return pieces, height
 
 
-def _columns(pieces: list[_Part]) -> list[list[_Part]]:
-    """Pieces grouped into digits, left to right: pieces stacked over each other (a 5's bar
-    over its body, a broken stroke) or a small piece right next to a digit are one digit."""
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """How much two boxes overlap left to right, as a fraction of the narrower one."""
+    shared = min(a[2], b[2]) - max(a[0], b[0])
+    return shared / max(1, min(a[2] - a[0], b[2] - b[0]))
+
+
+def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
+    """Pieces grouped into digits, left to right.
+
+    Tall pieces are digits (or touching digits), and tall pieces stacked over each other are
+    one broken digit. A small piece belongs to the digit it sits over or under (a 5's bar, a
+    broken stroke); one beside the digits (a dash, a speck) belongs to none.
+    """
+    tall = [p for p in pieces if p.box[3] - p.box[1] >= 0.45 * height]
     groups: list[list[_Part]] = []
-    for part in sorted(pieces, key=lambda p: (p.box[0] + p.box[2]) / 2):
-        if groups:
-            box = _union([p.box for p in groups[-1]])
-            overlap = min(box[2], part.box[2]) - max(box[0], part.box[0])
-            narrow = min(box[2] - box[0], part.box[2] - part.box[0])
-            if overlap >= 0.5 * narrow:
-                groups[-1].append(part)
-                continue
-        groups.append([part])
-    # Specks and fragments too small to be a digit join their nearest neighbour.
-    masses = sorted(sum(p.mass for p in g) for g in groups)
-    typical = masses[len(masses) // 2]
-    merged: list[list[_Part]] = []
-    for i, group in enumerate(groups):
-        if sum(p.mass for p in group) >= 0.15 * typical or len(groups) == 1:
-            merged.append(group)
+    for part in sorted(tall, key=lambda p: p.box[0] + p.box[2]):
+        if groups and _overlap(_union([p.box for p in groups[-1]]), part.box) >= 0.5:
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    for part in pieces:
+        if part in tall:
             continue
-        neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(groups)]
-        box = _union([p.box for p in group])
-        j = min(neighbours, key=lambda j: _gap(box, _union([p.box for p in groups[j]])))
-        groups[j].extend(group)
-    return [g for g in groups if any(g is m for m in merged)]
+        boxes = [_union([p.box for p in g]) for g in groups]
+        best = max(range(len(groups)), key=lambda i: _overlap(boxes[i], part.box))
+        if _overlap(boxes[best], part.box) >= 0.3:
+            groups[best].append(part)
+    return groups
 
 
-def _split(keep: np.ndarray, height: int) -> list[np.ndarray]:
-    """Touching digits cut apart by vertical cuts where their ink is thinnest."""
-    left, top, right, bottom = _box(keep)
-    width = right - left
-    count = round(width / (DIGIT_ASPECT * height))
-    if width <= TOUCHING_ASPECT * height or count < 2:
-        return [keep]
-    profile = ndimage.uniform_filter1d(keep[top:bottom, left:right].sum(0).astype(float), 3)
-    cuts = [0]
-    for i in range(1, count):
-        expected = i * width / count
-        lo = max(cuts[-1] + 1, round(expected - 0.25 * width / count))
-        hi = min(width - 1, round(expected + 0.25 * width / count))
-        if hi <= lo:
-            continue
-        cuts.append(lo + int(np.argmin(profile[lo:hi])))
-    cuts.append(width)
+def _cut(keep: np.ndarray, columns: list[int]) -> list[np.ndarray]:
+    """The mask cut apart at `columns` (vertical lines), left to right, without empty pieces."""
     pieces = []
-    for a, b in itertools.pairwise(cuts):
+    edges = [0, *columns, keep.shape[1]]
+    for a, b in itertools.pairwise(edges):
         piece = np.zeros_like(keep)
-        piece[:, left + a : left + b] = keep[:, left + a : left + b]
+        piece[:, a:b] = keep[:, a:b]
         if piece.any():
             pieces.append(piece)
     return pieces
 
 
+def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
+    """Ways to read one group of ink: whole, and, if it is wide enough to be touching digits,
+    cut into 2, 3, ... pieces where the ink is thinnest (the model then picks the likeliest)."""
+    left, top, right, bottom = _box(keep)
+    width = right - left
+    aspect = width / max(1, height)
+    options = [[keep]] if aspect <= WHOLE_ASPECT else []
+    if aspect < SPLIT_ASPECT:
+        return options
+    # Ink per column, lightly smoothed: touching strokes are thin where digits meet.
+    profile = ndimage.uniform_filter1d(keep[top:bottom, left:right].sum(0).astype(float), 3)
+    most = max(2, round(aspect / DIGIT_ASPECT))
+    tried: set[tuple[int, ...]] = set()
+    for count in range(2, most + 1):
+        # Cuts at the thinnest column near each even position; for two pieces also at the
+        # three thinnest columns of the middle 60 %, at least a tenth of the width apart.
+        step = width / count
+        cuts = []
+        for i in range(1, count):
+            lo = max(1, round(i * step - 0.35 * step))
+            hi = min(width - 1, round(i * step + 0.35 * step))
+            cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else round(i * step))
+        candidates = [tuple(sorted(set(cuts)))]
+        if count == 2:
+            for column in np.argsort(profile, kind="stable"):
+                if not 0.2 * width <= column <= 0.8 * width:
+                    continue
+                if all(abs(column - c[0]) >= 0.1 * width for c in candidates):
+                    candidates.append((int(column),))
+                if len(candidates) == 4:
+                    break
+        for columns in candidates:
+            if columns in tried:
+                continue
+            tried.add(columns)
+            pieces = _cut(keep, [left + c for c in columns])
+            if len(pieces) == count:
+                options.append(pieces)
+    return options or [[keep]]
+
+
 @dataclass(frozen=True)
 class Row:
-    """The digits of a number (a year, a phone number), left to right."""
+    """A number (a year, a phone number): its groups of ink, left to right, each with the ways
+    to read it (whole, or cut where digits touch); `digits` takes each group's first way."""
 
-    digits: list[Preprocessed]
+    readings: list[list[list[Preprocessed]]]
     steps: Steps | None = None
+
+    @property
+    def digits(self) -> list[Preprocessed]:
+        return [d for options in self.readings for d in options[0]]
 
 
 def segment_image(img: Image.Image, *, steps: bool = False) -> Row:
-    """An opened image of digits in a row -> each digit's 28x28 image, left to right."""
+    """An opened image of digits in a row -> each group's readings as 28x28 images."""
     found = _analyse(img)
-    groups = _columns(_row_parts(found.parts))
-    height = int(
-        np.median([_union([p.box for p in g])[3] - _union([p.box for p in g])[1] for g in groups])
-    )
-    keeps = [piece for g in groups for piece in _split(_keep(found, g), height)]
-    digits = _results(found, keeps, steps)
-    return Row(digits, digits[0].steps)
+    pieces, height = _row_parts(found.parts)
+    readings = [
+        [_digits(found, option) for option in _readings(_keep(found, group), height)]
+        for group in _columns(pieces, height)
+    ]
+    first = [d for options in readings for d in options[0]]
+    return Row(readings, _trace(found, first) if steps else None)
 
 
 def segment(path: str | Path, *, steps: bool = False) -> Row:
