@@ -143,6 +143,46 @@ def test_bad_search_section_is_one_config_error(
     assert main(["tune", "--config", str(path)]) == 1
 
 
+def test_mapping_choices_and_stepped_ranges(tmp_path: Path, data_dir: Path) -> None:
+    import optuna
+
+    from mnistcnn.tune import trial_config
+
+    space = {
+        "model": {"choice": [{"name": "baseline"}, {"name": "cnn", "channels": [4, 8]}]},
+        "data.augment.degrees": {"uniform": [0, 15], "step": 5},
+    }
+    tune = load_tune_config(tune_file(tmp_path, data_dir, {"n_trials": 1, "space": space}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        for s in tune.search.space:
+            s.suggest(trial)
+        cfg = trial_config(tune, trial.params, tmp_path / "m.pth")
+        assert cfg.data.augment.degrees in (0.0, 5.0, 10.0, 15.0)
+        seen.add(cfg.model.name)
+        study.tell(trial, 0.0)
+    assert seen == {"baseline", "cnn"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--storage", "nosuchdb://x"], "cannot open storage nosuchdb://x"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+    ],
+)
+def test_bad_storage_or_jobs_is_one_line(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str], flags: list, message: str
+) -> None:
+    space = {"optim.lr": {"choice": [0.01]}}
+    path = tune_file(tmp_path, data_dir, {"n_trials": 1, "space": space})
+    assert main(["tune", "--config", str(path), *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_tune_needs_a_config_with_a_search_section(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -187,7 +227,8 @@ def test_two_process_study_prunes_and_writes_a_trainable_best(
     best = run / "best.yaml"
     cfg = load_config(best, ["train.epochs=1", "data.subset=500"])
     assert cfg.optim.kwargs["lr"] == 0.01 and cfg.train.output == str(run / "best.pth")
-    assert main(["train", "--config", str(best), "--set", "train.epochs=1", "--quiet"]) == 0
+    sets = ["--set", "train.epochs=1", "--set", "train.run_dir=null"]  # no runs/ in the repo
+    assert main(["train", "--config", str(best), *sets, "--quiet"]) == 0
     assert (run / "best.pth").is_file()
 
 
