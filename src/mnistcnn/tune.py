@@ -21,7 +21,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,6 @@ class TuneConfig:
 
     base: Config
     search: SearchConfig
-    source: str | None = field(default=None, compare=False)
 
 
 def _search_from_dict(raw: Any) -> SearchConfig:
@@ -292,7 +291,7 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
     file_layer = [f"{section}={json.dumps(value)}" for section, value in raw.items()]
     base_sets = [s for s in sets if s not in search_sets]
     base = replace_config(replace_config(Config(), file_layer), base_sets)
-    return TuneConfig(base, _search_from_dict(search), str(path))
+    return TuneConfig(base, _search_from_dict(search))
 
 
 # --- Optuna objects --------------------------------------------------------------------------
@@ -593,7 +592,7 @@ def _evaluator() -> Any:
 
 
 def _importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
-    # PED-ANOVA (Optuna's default evaluator): numpy only, fast; fANOVA would need scikit-learn.
+    # PED-ANOVA: numpy only and instant; fANOVA (the default before Optuna 5) needs scikit-learn.
     optuna = _optuna()
     try:
         with warnings.catch_warnings():
@@ -741,6 +740,8 @@ def run_study(
         raise ConfigError("--jobs must be >= 1")
     search = tune.search
     study = open_study(tune, create=True)
+    # Trials of workers that died without a word, silent past the heartbeat's grace: failed.
+    _optuna().storages.fail_stale_trials(study)
     counts = _counts(study)
     remaining = None
     if search.n_trials is not None:
