@@ -186,8 +186,12 @@ def test_bad_storage_or_jobs_is_one_line(
 def test_tune_needs_a_config_with_a_search_section(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["tune"]) == 1
-    assert "tune needs --config" in capsys.readouterr().err
+    assert main(["tune"]) == 2  # a usage error: --config is required
+    assert "--config" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="tune needs --config"):
+        load_tune_config(None)
+    assert main(["tune", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: mnistcnn tune")
     plain = tmp_path / "plain.yaml"
     plain.write_text("train: {epochs: 1}\n")
     assert main(["tune", "--config", str(plain)]) == 1

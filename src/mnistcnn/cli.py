@@ -355,7 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(handler=cmd_compare)
 
     tu = sub.add_parser("tune", help="hyperparameter search with Optuna (resumable, parallel)")
-    _add_config_args(tu)
+    tu.add_argument(
+        "--config", "-c", required=True, metavar="YAML", help="a training config + search section"
+    )
+    tu.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set train.threads=1 or --set search.n_trials=30",
+    )
+    tu.add_argument("--data-dir", metavar="DIR", help="folder holding MNIST/raw/ (data.root)")
     tu.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="worker processes")
     tu.add_argument("--study", metavar="NAME", help="study name and run folder (search.study)")
     tu.add_argument(
