@@ -243,7 +243,7 @@ def test_predict_onnx_folder_in_process(
         digit = mnist_test.images[i].numpy()
         draw(digit, images / f"{i}.png", canvas=90, height=60, at=(15, 15), style="L")
     (images / "broken.png").write_bytes(b"not an image")
-    seen = tmp_path / "seen"
+    seen, kinds = tmp_path / "seen", (".png", ".steps.png")  # as the .pth path writes them
     args = ["predict", str(images), "-m", str(digit_onnx[0]), "--save-preprocessed", str(seen)]
     assert main(args) == 1  # one file failed; the others are still answered
     captured = capsys.readouterr()
@@ -252,7 +252,7 @@ def test_predict_onnx_folder_in_process(
     assert [line.split(": ")[1][0] for line in lines] == [
         str(int(d)) for d in mnist_test.labels[:3]
     ]
-    assert sorted(p.name for p in seen.iterdir()) == ["0.png", "1.png", "2.png"]
+    assert {p.name for p in seen.iterdir()} == {f"{i}{s}" for i in range(3) for s in kinds}
 
 
 def test_export_library_errors(

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mnistcnn.errors import CheckpointError, ImageError, MnistCnnError
-from mnistcnn.preprocess import preprocess
+from mnistcnn.preprocess import Steps, preprocess, steps_panel
 
 # Kept equal to predict.IMAGE_SUFFIXES, which cannot be imported here without torch.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -93,9 +93,26 @@ def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
-def _save_view(image: np.ndarray, path: Path, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(out_dir / f"{path.stem}.png")
+class _Views:
+    """Writes what the model saw, as `predict._Views` does: `<stem>.png` (the 28x28 input) and
+    `<stem>.steps.png` (every preprocessing step), one name per input file."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.taken: set[str] = set()
+
+    def save(self, path: Path, image: np.ndarray, steps: Steps | None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # digit.png and digit.jpg are two inputs: the second keeps its suffix in the name.
+        name = next(
+            n
+            for n in (path.stem, path.name, *(f"{path.name}-{i}" for i in range(2, 10**6)))
+            if n not in self.taken
+        )
+        self.taken.add(name)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(self.out_dir / f"{name}.png")
+        if steps is not None:
+            steps_panel(steps).save(self.out_dir / f"{name}.steps.png")
 
 
 def predict_paths(
@@ -108,18 +125,19 @@ def predict_paths(
 ) -> Iterator[Prediction]:
     """Predict every image, `chunk` files at a time, in input order (as `predict.predict_paths`)."""
     files = expand_inputs(paths)
+    views = _Views(save_dir) if save_dir is not None else None
     while batch := list(islice(files, chunk)):
         ready: list[tuple[Path, np.ndarray]] = []
         results: dict[Path, Prediction] = {}
         for path in batch:
             try:
-                image = preprocess(path).image
+                found = preprocess(path, steps=views is not None)
             except ImageError as exc:
                 results[path] = Prediction(str(path), error=str(exc))
                 continue
-            ready.append((path, image))
-            if save_dir is not None:
-                _save_view(image, path, Path(save_dir))
+            ready.append((path, found.image))
+            if views is not None:
+                views.save(path, found.image, found.steps)
         if ready:
             probs = model.probabilities(np.stack([image for _, image in ready]))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
