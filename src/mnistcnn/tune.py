@@ -783,5 +783,8 @@ def run_study(
         raise
     for p in children:
         if p.exitcode:
-            log(f"warning: worker {p.name} exited with code {p.exitcode}")
+            log(
+                f"warning: worker {p.name} exited with code {p.exitcode}; its trials did not "
+                "run: run the same mnistcnn tune command again to run them"
+            )
     return report(tune)
