@@ -245,15 +245,21 @@ def test_compare_table_and_overlay(
     assert table[0]["test_accuracy"] == pytest.approx(tiny_run["test_accuracy"])
     assert table[1]["best_val_accuracy"] == pytest.approx(digit_model_run["val_accuracy"])
     assert_png(plot, SIZES["compare"])
-    text = format_compare(table)
-    assert text.splitlines()[0].split()[:2] == ["run", "data.subset"]
-    assert "best val acc" in text and "%" in text
+    lines = format_compare(table).splitlines()
+    assert lines[0].split() == ["run", Path(tiny_run["run_dir"]).name, "digits"]
+    assert lines[1].split() == ["data.subset", "8000", "30000"]
+    assert lines[-3].startswith("best val acc") and lines[-1].startswith("time")
 
     code, out, err = cli(capsys, "compare", tiny_run["run_dir"], tiny_run["path"], "--plot", plot)
     assert code == 0 and err == f"saved {plot}\n"
-    header, *rows = out.splitlines()
-    assert header.split()[:2] == ["run", "params"]  # the same recipe: no config column
-    assert len(rows) == 2
+    # the same recipe: no config rows
+    assert [line.split()[0] for line in out.splitlines()] == [
+        "run",
+        "params",
+        "best",
+        "test",
+        "time",
+    ]
 
 
 def test_eval_save_confusion(

@@ -291,7 +291,7 @@ def compare(paths: list[str | Path], plot: str | Path | None = None) -> list[dic
 
 
 def format_compare(table: list[dict[str, Any]]) -> str:
-    """The compare rows as an aligned text table."""
+    """The compare rows as an aligned text table, one column per run (config keys can be many)."""
 
     def cell(key: str, value: Any) -> str:
         if value is None:
@@ -304,20 +304,9 @@ def format_compare(table: list[dict[str, Any]]) -> str:
             return f"{value:.1f} s"
         return str(value)
 
-    headers = {
-        "best_val_accuracy": "best val acc",
-        "test_accuracy": "test acc",
-        "seconds": "time",
-    }
-    keys = list(table[0])
-    grid = [[headers.get(k, k) for k in keys]]
-    grid += [[cell(k, row[k]) for k in keys] for row in table]
-    widths = [max(len(r[i]) for r in grid) for i in range(len(keys))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in grid
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+    labels = {"best_val_accuracy": "best val acc", "test_accuracy": "test acc", "seconds": "time"}
+    grid = [[labels.get(k, k), *(cell(k, row[k]) for row in table)] for k in table[0]]
+    widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in grid
+    )
