@@ -7,6 +7,7 @@ model; a few one-epoch runs on 512 images for the run-folder edge cases.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -260,6 +261,23 @@ def test_compare_table_and_overlay(
         "test",
         "time",
     ]
+    code, out, _ = cli(capsys, "compare", tiny_run["run_dir"], "--plot", plot, "--json")
+    assert code == 0 and json.loads(out)[0]["params"] == table[0]["params"]
+
+
+def test_pictures_without_matplotlib_are_a_one_line_error(
+    tiny_run: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mnistcnn
+
+    for name in ("figures", "report"):  # forget the imported modules: import them afresh
+        monkeypatch.delitem(sys.modules, f"mnistcnn.{name}", raising=False)
+        monkeypatch.delattr(mnistcnn, name, raising=False)
+    for name in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails
+    code, out, err = cli(capsys, "compare", tiny_run["run_dir"])
+    assert (code, out) == (1, "")
+    assert err == "mnistcnn: error: pictures need matplotlib: pip install 'mnistcnn[viz]'\n"
 
 
 def test_eval_save_confusion(

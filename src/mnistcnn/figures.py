@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
+
+from mnistcnn.errors import MnistCnnError
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+except ModuleNotFoundError:
+    raise MnistCnnError("pictures need matplotlib: pip install 'mnistcnn[viz]'") from None
 
 DPI = 100
 # Width x height in pixels of each figure's PNG (the tests check them).

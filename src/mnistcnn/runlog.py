@@ -69,7 +69,14 @@ def _summary_writer(folder: Path, purge_step: int | None) -> Any:
 class RunLog:
     """One training run's folder and TensorBoard writer (`folder` is None when disabled)."""
 
-    def __init__(self, folder: Path | None, writer: Any, steps: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        writer: Any,
+        steps: list[dict[str, Any]],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.log = log
         self.folder = folder
         self.writer = writer
         self.steps = steps
@@ -100,7 +107,7 @@ class RunLog:
         if writer is not None:
             text = "\n".join(f"    {line}" for line in config_mod.dump(cfg).splitlines())
             writer.add_text("config", text)
-        return cls(folder, writer, steps)
+        return cls(folder, writer, steps, log)
 
     @property
     def enabled(self) -> bool:
@@ -175,8 +182,13 @@ class RunLog:
         """Add the test set's confusion matrix and most confident mistakes to TensorBoard."""
         if self.writer is None:
             return
-        from mnistcnn import figures
         from mnistcnn.metrics import confusion_matrix
+
+        try:
+            from mnistcnn import figures
+        except MnistCnnError as exc:  # tensorboard without matplotlib: scalars and graph only
+            self.log(f"no confusion-matrix or mistakes images in TensorBoard: {exc}")
+            return
 
         probs = torch.softmax(logits.float().cpu(), 1)
         labels = labels.cpu()
