@@ -29,7 +29,7 @@ SIZES = {
     "curves": (1200, 450),
     "lr": (900, 380),
     "confusion": (720, 640),
-    "misclassified": (1200, 760),
+    "misclassified": (1200, 640),
     "kernels": (900, 620),
     "feature_maps": (1400, 960),
     "explain": (1050, 400),
