@@ -236,6 +236,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {value}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="YAML", help="config file (default: the base recipe)")
     p.add_argument(
@@ -282,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", metavar="MODEL.pth")
     ev.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
     ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    ev.add_argument("--batch-size", type=int, default=2000, metavar="N")
+    ev.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument(

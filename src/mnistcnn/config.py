@@ -49,6 +49,9 @@ def _check(ok: bool, key: str, rule: str) -> None:
         raise ConfigError(f"{key} {rule}")
 
 
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random affine augmentation applied to whole training batches."""
@@ -116,7 +119,7 @@ class TrainConfig:
         _check(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(
-            re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+            re.fullmatch(DEVICE_PATTERN, self.device) is not None,
             "train.device",
             f"must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}",
         )
@@ -169,7 +172,11 @@ def optimizers() -> dict[str, type]:
     """Every optimizer class in `torch.optim`, by name."""
     import torch
 
-    return _torch_classes(torch.optim, torch.optim.Optimizer)
+    found = _torch_classes(torch.optim, torch.optim.Optimizer)
+    # LBFGS needs a loss closure per step and SparseAdam sparse gradients: neither fits a CNN loop.
+    for name in ("LBFGS", "SparseAdam"):
+        found.pop(name, None)
+    return found
 
 
 def schedulers() -> dict[str, type]:

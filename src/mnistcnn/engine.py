@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +37,7 @@ from mnistcnn.data import (
     train_loader,
 )
 from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
-from mnistcnn.model import build_model, count_parameters
+from mnistcnn.model import NUM_CLASSES, build_model, count_parameters
 from mnistcnn.runlog import RunLog
 
 # Schedulers that expect a step per batch; every other one steps once per epoch.
@@ -44,9 +45,11 @@ PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA if available, else CPU; an unavailable explicit device is an error."""
+    """`auto` -> CUDA if available, else CPU; an unknown or unavailable device is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(config_mod.DEVICE_PATTERN, name):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but CUDA is not available here; use auto or cpu")
@@ -64,13 +67,20 @@ def seed_everything(seed: int) -> None:
 def _construct(section: str, cls: type, *args: Any, **kwargs: Any) -> Any:
     try:
         return cls(*args, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"{section}: {cls.__name__}: {exc}") from None
 
 
 def build_loss(cfg: Config) -> nn.Module:
-    """The configured loss module."""
-    return _construct("loss", config_mod.losses()[cfg.loss.name], **cfg.loss.kwargs)
+    """The configured loss module, checked on a dummy batch (some arguments fail only there)."""
+    loss_fn = _construct("loss", config_mod.losses()[cfg.loss.name], **cfg.loss.kwargs)
+    try:
+        value = loss_fn(torch.zeros(2, NUM_CLASSES), torch.zeros(2, dtype=torch.long))
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"loss: {cfg.loss.name}: {exc}") from None
+    if value.dim() != 0:
+        raise ConfigError(f"loss: {cfg.loss.name} must reduce a batch to one number, not 'none'")
+    return loss_fn
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -391,10 +401,10 @@ def fit(
             }
             history.append(row)
             if val["accuracy"] > best["val_accuracy"]:
-                best = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-                model.meta = dict(best)
+                summary = {"epoch": epoch, "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+                model.meta = dict(summary)
                 save_model(model, paths["model"])
-                best["state"] = _clone_state(model)
+                best = {**summary, "state": _clone_state(model)}
             save_training_state(
                 paths["checkpoint"],
                 {
@@ -420,10 +430,12 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
     except KeyboardInterrupt:
-        done = epoch - 1
-        if done >= 1:
+        # `best` has an epoch once any epoch finished (the first always improves on -1), even
+        # when Ctrl-C lands after an epoch's files were written but before the next began.
+        if "epoch" in best:
             log(
-                f"interrupted in epoch {epoch}: the best model so far (epoch {best['epoch']}) "
+                f"interrupted in epoch {history[-1]['epoch'] + 1}: the best model so far "
+                f"(epoch {best['epoch']}) "
                 f"is in {paths['model']}; continue with: mnistcnn train --resume "
                 f"{paths['checkpoint']}"
             )

@@ -222,7 +222,7 @@ def model_from_state(state_dict: dict[str, Any]) -> DigitNet:
     info = describe(state_dict["_extra_state"])
     try:
         model = build_model(info["arch"], info["args"], info["mean"], info["std"])
-    except ConfigError as exc:
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"the file's model description is invalid: {exc}") from None
     try:
         model.load_state_dict(state_dict)
