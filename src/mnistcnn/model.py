@@ -28,6 +28,16 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _check_sizes(
+    sizes: list[int] | tuple[int, ...], rates: list[float] | tuple[float, ...]
+) -> None:
+    """Layer widths must be positive and dropout rates in [0, 1)."""
+    if min(sizes) < 1:
+        raise ConfigError(f"model: layer sizes must be >= 1, got {list(sizes)}")
+    if not all(0 <= rate < 1 for rate in rates):
+        raise ConfigError(f"model: dropout rates must be in [0, 1), got {list(rates)}")
+
+
 class DigitNet(nn.Module):
     """Base of every registered model: normalization in `forward`, identity in extra state."""
 
@@ -96,6 +106,7 @@ class Baseline(DigitNet):
         super().__init__()
         if len(channels) != 2 or len(dropout) != 2:
             raise ConfigError("model: baseline takes exactly two channels and two dropout rates")
+        _check_sizes([*channels, hidden], dropout)
         side = conv_out(conv_out(IMAGE_SIZE, 3), 3) // 2  # two valid 3x3 convs, then 2x2 pool
         self.features = nn.Sequential(
             nn.Conv2d(1, channels[0], 3),  # (N, 32, 26, 26)
@@ -169,8 +180,9 @@ class CNN(DigitNet):
                 "model: convs_per_stage needs one count >= 1 per entry of channels "
                 f"(got channels={list(channels)}, convs_per_stage={list(convs_per_stage)})"
             )
-        if kernel_size % 2 == 0 or not 0 <= dropout < 1:
-            raise ConfigError("model: kernel_size must be odd and dropout in [0, 1)")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"model: kernel_size must be odd and positive, not {kernel_size}")
+        _check_sizes(channels, [dropout])
         if len(channels) > 5:
             raise ConfigError("model: at most 5 stages (each halves the 28-pixel side)")
         stages: list[nn.Module] = []
