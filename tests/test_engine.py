@@ -97,7 +97,12 @@ def test_seeded_run_twice_gives_identical_weights(
 ) -> None:
     small_data(256)
     # augmentation and dropout on: every random source must be seeded
-    sets = (*QUICK, "model.dropout=0.2", "data.augment={degrees: 15, translate: 0.1, scale: 0.1}")
+    sets = (
+        *QUICK,
+        "data.subset=256",
+        "model.dropout=0.2",
+        "data.augment={degrees: 15, translate: 0.1, scale: 0.1}",
+    )
     first, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'a.pth'}"))
     second, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'b.pth'}"))
     quiet_fit(make_cfg(*sets, "train.seed=1", f"train.output={tmp_path / 'c.pth'}"))
@@ -357,8 +362,8 @@ def test_losses_the_config_accepts_train_or_are_config_errors(
 def test_train_one_epoch_and_evaluate_return_metrics(mnist_test: Split) -> None:
     torch.manual_seed(0)
     model = build_model("cnn", {"channels": (8, 16), "convs_per_stage": (1, 1)})
-    split = Split(mnist_test.images[:256], mnist_test.labels[:256])
-    batches = [(split.images[i : i + 32], split.labels[i : i + 32]) for i in range(0, 256, 32)]
+    split = Split(mnist_test.images[:128], mnist_test.labels[:128])
+    batches = [(split.images[i : i + 32], split.labels[i : i + 32]) for i in range(0, 128, 32)]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     before = evaluate(model, split, 100, CPU)
     bar = tqdm(total=len(batches), file=io.StringIO())
