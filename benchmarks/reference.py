@@ -52,8 +52,8 @@ def test_accuracy(model: nn.Module, test_loader: DataLoader) -> float:
     """The example's test loop: accuracy over the 10k test images."""
     model.eval()
     correct = 0
-    for data, target in test_loader:
-        correct += (model(data).argmax(1) == target).sum().item()
+    for data, labels in test_loader:
+        correct += (model(data).argmax(1) == labels).sum().item()
     return correct / len(test_loader.dataset)
 
 
@@ -70,9 +70,9 @@ def train_until(root: str, target: float, max_epochs: int, seed: int = 1) -> Ite
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        for data, target in train_loader:
+        for data, labels in train_loader:
             optimizer.zero_grad()
-            F.nll_loss(model(data), target).backward()
+            F.nll_loss(model(data), labels).backward()
             optimizer.step()
         scheduler.step()
         train_seconds += time.perf_counter() - t0
