@@ -32,7 +32,7 @@ SETS = (
 
 
 def _train_args(data_dir: Path, out: Path) -> list[str]:
-    sets = [arg for s in SETS for arg in ("--set", s)]
+    sets = [arg for s in (*SETS, f"train.run_dir={out.parent / 'runs'}") for arg in ("--set", s)]
     return [
         "train",
         "-c",

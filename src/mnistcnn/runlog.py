@@ -66,6 +66,14 @@ def _summary_writer(folder: Path, purge_step: int | None) -> Any:
     return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
 
+def _belongs(run_dir: str | None, cfg: Config) -> bool:
+    """Is `run_dir` the folder of this very run (not of a checkpoint copied from elsewhere)?"""
+    if not run_dir or not (Path(run_dir) / CONFIG).is_file():
+        return False
+    recorded = config_mod.read_yaml_file(Path(run_dir) / CONFIG).get("train", {})
+    return isinstance(recorded, dict) and recorded.get("output") == cfg.train.output
+
+
 class RunLog:
     """One training run's folder and TensorBoard writer (`folder` is None when disabled)."""
 
@@ -91,7 +99,7 @@ class RunLog:
             return cls(None, None, [])
         steps: list[dict[str, Any]] = []
         purge = None
-        if resume is not None and resume.get("run_dir") and Path(resume["run_dir"]).is_dir():
+        if resume is not None and _belongs(resume.get("run_dir"), cfg):
             folder = Path(resume["run_dir"])
             purge = resume["run_step"] + 1
             if (folder / STEPS).is_file():
