@@ -72,6 +72,7 @@ class Photo:
     suffix: str  # ".jpg" or ".png"
     label: str  # the digits, left to right
     condition: str
+    box: tuple[float, float, float, float]  # the ink's left, top, right, bottom in [0, 1]
 
 
 def _u(rng: np.random.Generator, low: float, high: float) -> float:
@@ -160,9 +161,9 @@ def _scale(s: Scene, rng: np.random.Generator) -> Scene:
 
 
 def _border(s: Scene, rng: np.random.Generator) -> Scene:
-    # The table shows along one or two sides, 4-25 % deep, the page edge slightly tilted.
+    # The table shows along one or two sides, 4-20 % deep, the page edge slightly tilted.
     sides = rng.permutation(4)[: int(rng.integers(1, 3))]
-    args = {f"side{int(i)}": _u(rng, 0.04, 0.25) for i in sides}
+    args = {f"side{int(i)}": _u(rng, 0.04, 0.2) for i in sides}
     args |= {"tilt": _u(rng, -6, 6), "kind": float(rng.integers(len(TABLES)))}
     return replace(s, background="table", background_args=args)
 
@@ -508,8 +509,11 @@ def _table(
     return paper * on_paper[..., None] + table * (1 - on_paper[..., None])
 
 
-def render(digits: Sequence[np.ndarray], scene: Scene, rng: np.random.Generator) -> Image.Image:
-    """Draw the digits (MNIST 28x28 uint8 arrays, left to right) as `scene` says."""
+def render(
+    digits: Sequence[np.ndarray], scene: Scene, rng: np.random.Generator
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """Draw the digits (MNIST 28x28 uint8 arrays, left to right) as `scene` says; return the
+    picture and where the ink is (left, top, right, bottom as fractions of the frame)."""
     w, h = scene.size
     row, height = _row(digits, scene, rng)
     rh, rw = row.shape
@@ -519,13 +523,14 @@ def render(digits: Sequence[np.ndarray], scene: Scene, rng: np.random.Generator)
     ink = np.zeros((h, w), np.float32)
     ink[y0 : y0 + rh, x0 : x0 + rw] = row[: h - y0, : w - x0]
     box = (float(x0), float(y0), float(x0 + rw), float(y0 + rh))
+    where = (box[0] / w, box[1] / h, min(box[2], w) / w, min(box[3], h) / h)
     if scene.transparent:
         rgba = np.zeros((h, w, 4), np.uint8)
         colour = np.round(np.asarray(scene.ink) * 255).astype(np.uint8)
         # Paint programs store either the ink colour or black under fully transparent pixels.
         rgba[..., :3] = colour if rng.random() < 0.5 else colour * (ink[..., None] > 0)
         rgba[..., 3] = np.round(ink * 255).astype(np.uint8)
-        return Image.fromarray(rgba, "RGBA")
+        return Image.fromarray(rgba, "RGBA"), where
     image = _reflectance(scene, ink, box, height, rng) * _light(scene, box)[..., None]
     white_balance = rng.uniform(0.95, 1.05, 3).astype(np.float32)
     image = image * (_u(rng, 0.95, 1.1) * white_balance)
@@ -538,7 +543,7 @@ def render(digits: Sequence[np.ndarray], scene: Scene, rng: np.random.Generator)
             0.8 * grey + 0.6 * colour_noise
         )
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    return Image.fromarray(pixels, "RGB"), where
 
 
 def encode(image: Image.Image, scene: Scene) -> tuple[bytes, str]:
@@ -570,8 +575,9 @@ def make_photo(
     if condition not in RECIPES:
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
     scene = replace(RECIPES[condition](base_scene(rng), rng), touch=touch)
-    data, suffix = encode(render(digits, scene, rng), scene)
-    return Photo(data, suffix, "".join(str(int(v)) for v in labels), condition)
+    image, box = render(digits, scene, rng)
+    data, suffix = encode(image, scene)
+    return Photo(data, suffix, "".join(str(int(v)) for v in labels), condition, box)
 
 
 def photo_set(

@@ -118,28 +118,37 @@ def predict_paths(
         yield from (results[path] for path in batch)
 
 
-# Reading a group of ink as n digits rather than one costs this much log-probability per
-# extra digit: a cut must give digits the model is clearly surer of, not just nameable shapes.
-SPLIT_COST = 1.0
+# Log-probability a reading pays for each cut of a group of ink (touching digits) and for
+# each join of two groups (one digit broken in two): a cut or a join must make the model
+# clearly surer, not just give shapes it can name.
+CUT_COST = 0.3
+JOIN_COST = 0.5
 
 
 def _read(
     model: DigitNet, path: Path, row: Row, top_k: int
 ) -> tuple[NumberPrediction, list[Preprocessed]]:
-    """Pick each group's likeliest reading (whole, or cut where digits touch) and read it."""
-    flat = [d for options in row.readings for option in options for d in option]
-    probs = classify(model, np.stack([d.image for d in flat]))
-    best = probs.max(1).values.log().tolist()
-    chosen: list[int] = []  # indices into `flat`
-    start = 0
-    for options in row.readings:
-        scores, spans = [], []
-        for option in options:
-            span = list(range(start, start + len(option)))
-            start += len(option)
-            scores.append(sum(best[i] for i in span) - SPLIT_COST * (len(option) - 1))
-            spans.append(span)
-        chosen += spans[int(np.argmax(scores))]
+    """Pick the likeliest reading of the row (groups whole, cut where digits touch, or joined
+    where one digit is broken in two) and read it: a best path over the groups."""
+    candidates = [d for options in row.readings for option in options for d in option]
+    candidates += [d for d in row.joined if d is not None]
+    probs = classify(model, np.stack([d.image for d in candidates]))
+    score = probs.max(1).values.log().tolist()
+    index = {id(d): i for i, d in enumerate(candidates)}
+    # best[i]: the best reading of the first i groups, as (score, candidate indices).
+    best: list[tuple[float, list[int]]] = [(0.0, [])]
+    for i, options in enumerate(row.readings):
+        ways = [[index[id(d)] for d in option] for option in options]
+        paths = [
+            (best[i][0] + sum(score[j] for j in way) - CUT_COST * (len(way) - 1), best[i][1] + way)
+            for way in ways
+        ]
+        joined = row.joined[i - 1] if i > 0 and len(row.joined) >= i else None
+        if joined is not None:
+            j = index[id(joined)]
+            paths.append((best[i - 1][0] + score[j] - JOIN_COST, [*best[i - 1][1], j]))
+        best.append(max(paths, key=lambda path: path[0]))
+    chosen = best[-1][1]
     values, labels = probs[chosen].topk(min(top_k, probs.shape[1]), dim=1)
     tops = [
         list(zip(labs, vals, strict=True))
@@ -147,7 +156,7 @@ def _read(
     ]
     number = "".join(str(top[0][0]) for top in tops)
     probability = float(np.prod([top[0][1] for top in tops]))
-    digits = [flat[i] for i in chosen]
+    digits = [candidates[i] for i in chosen]
     read = NumberPrediction(str(path), number, probability, tops, [d.box for d in digits])
     return read, digits
 

@@ -35,12 +35,18 @@ DRAFT_SIDE = 384
 # Smaller images (an MNIST-sized PNG, an icon) are enlarged to this long side so that every
 # length below, in pixels, means the same whatever the input size.
 MIN_SIDE = 256
+# How much more light-side than dark-side evidence calls the ink light (see `_dark_ink`).
+LIGHT_INK_ODDS = 10.0
 # The paper's brightness is estimated over windows this fraction of the shorter side: wider
 # than any pen or marker stroke, so strokes vanish from the estimate while light does not.
 BACKGROUND_WINDOW = 0.5
-# A pixel is ink where its contrast is above this fraction of the strongest ink: half the
-# stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
+# A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
+# the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
 INK_LEVEL = 0.45
+# Pieces are traced down to this fraction of the strongest ink in the image (hysteresis): a
+# stroke that fades (a light pen, a skip) stays in one piece, but a piece is kept only if it
+# also holds ink above INK_LEVEL.
+FAINT_LEVEL = 0.25
 # Below this contrast against the paper (a fraction of the paper's brightness) there is no digit.
 MIN_CONTRAST = 0.12
 # MNIST's digit box inside its 28x28 frame.
@@ -73,6 +79,7 @@ class Preprocessed:
     box: tuple[int, int, int, int]  # left, top, right, bottom in the working image
     steps: Steps | None = None
     crop: np.ndarray | None = None  # the stroke-normalized digit before scaling to 20x20
+    frame: tuple[int, int] = (0, 0)  # width, height of the working image `box` is in
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class _Part:
     box: tuple[int, int, int, int]  # left, top, right, bottom (exclusive)
     area: int
     mass: float  # summed ink contrast
+    strength: float  # its strongest ink's contrast
     border: bool  # touches the frame's edge
 
 
@@ -152,23 +160,30 @@ def _working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 def _dark_ink(luminance: np.ndarray) -> bool:
     """Whether the ink is darker than its background (pen on paper) or lighter (chalk).
 
-    The background is the local majority: a median over blocks (16 px, medians over 5x5 of
-    them) follows gradients and keeps the steps of a shadow or a table, while ink, a minority
-    everywhere, stands out from it to one side. The side with more such ink is the ink's.
+    Ink is a minority: a dark stroke is darker than three quarters of its surroundings,
+    chalk lighter. The surroundings' quartiles, over 9x9 and 17x17 blocks of 16 px (the
+    larger still holds when a marker's strokes fill a quarter of the smaller), follow
+    gradients and shadows; at a step such as a page edge only pixels deep in a corner
+    deviate from them. A board with chalk has almost no dark minority at all (light
+    outweighs dark 150 times or more in the generated photos), while a page whose paper is a
+    bright minority of the frame can show light outweighing dark up to ~4 times: the ink is
+    called light only when light outweighs dark LIGHT_INK_ODDS times.
     """
     half = _pool(luminance, np.add) / 4
     height, width = half.shape
     grid = (max(1, width // 8), max(1, height // 8))
     blocks = np.asarray(Image.fromarray(half, "F").resize(grid, Image.Resampling.BOX))
-    local = ndimage.median_filter(blocks, size=5, mode="nearest")
-    background = Image.fromarray(np.ascontiguousarray(local), "F").resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    deviation = half - np.asarray(background)
-    # Beyond 0.05 only: sensor noise deviates to both sides alike.
-    dark = np.clip(-deviation - 0.05, 0, None).sum()
-    light = np.clip(deviation - 0.05, 0, None).sum()
-    return bool(dark >= light)
+    deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
+    for size in (9, 17):
+        for level, sign in ((25, -1), (75, 1)):
+            local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
+            background = Image.fromarray(np.ascontiguousarray(local), "F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+            # Beyond 0.05 only: sensor noise deviates to both sides alike.
+            away = sign * (half - np.asarray(background)) - 0.05
+            deviation[sign] += float(np.clip(away, 0, None).sum())
+    return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
 
 
 def _pool(channel: np.ndarray, combine: Callable[..., np.ndarray]) -> np.ndarray:
@@ -233,7 +248,7 @@ def ink_map(img: Image.Image) -> np.ndarray:
 
 
 def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Ink above the paper's level, the pixels called ink, and the strongest ink's contrast."""
+    """Ink above the paper's level, the pixels that may be ink, and the strongest ink's contrast."""
     sample = ink[::2, ::2]  # the paper's level and noise from a quarter of it: as good, faster
     base = float(np.median(sample))
     spread = 1.4826 * float(np.median(np.abs(sample - base)))
@@ -243,7 +258,7 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     peak = float(np.partition(contrast.ravel(), -k)[-k])
     if peak < max(MIN_CONTRAST, 8 * spread):
         raise ImageError("no digit found (the image is blank or has almost no contrast)")
-    return contrast, contrast > max(INK_LEVEL * peak, 5 * spread), peak
+    return contrast, contrast > max(FAINT_LEVEL * peak, 5 * spread), peak
 
 
 def _remove_lines(mask: np.ndarray) -> np.ndarray:
@@ -288,7 +303,7 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
                 continue
             on = np.abs(rho_all - (line + offset)) <= 1.5
             reach = along[on]
-            if reach.min() > 0.05 * span or reach.max() < 0.95 * span:
+            if reach.min() > 0.15 * span or reach.max() < 0.85 * span:
                 continue
             out = _erase_line(out, mask, line + offset, t, vertical)
     return out
@@ -316,14 +331,15 @@ def _parts(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, list[_Part]]:
     index = np.arange(1, count + 1)
     areas = ndimage.sum_labels(mask, labels, index)
     masses = ndimage.sum_labels(ink, labels, index)
+    strengths = ndimage.maximum(ink, labels, index)
     height, width = mask.shape
     parts = []
     for label, found in zip(index, ndimage.find_objects(labels), strict=True):
         rows, cols = found
         box = (cols.start, rows.start, cols.stop, rows.stop)
         border = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
-        area, mass = int(areas[label - 1]), float(masses[label - 1])
-        parts.append(_Part(int(label), box, area, mass, border))
+        area, mass, strength = int(areas[label - 1]), masses[label - 1], strengths[label - 1]
+        parts.append(_Part(int(label), box, area, float(mass), float(strength), border))
     return labels, parts
 
 
@@ -393,12 +409,13 @@ def _redraw(ink: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     pad = 2
+    level = INK_LEVEL * min(peak, float(ink[keep].max()))
     crop = np.where(ndimage.binary_dilation(keep, iterations=2), ink, 0)
     crop = np.pad(crop[top:bottom, left:right], pad)
     zoom = max(1.0, CROP_SIDE / max(crop.shape))
     if zoom > 1:
         crop = ndimage.zoom(crop, zoom, order=1)
-    shape = crop > INK_LEVEL * peak
+    shape = crop > level
     side = max(shape.shape) - 2 * pad * zoom
     shape = _fill_specks(shape, max(4, round(0.003 * side * side)))
     width = _stroke_width(shape)
@@ -448,6 +465,7 @@ class _Found:
 def _find(rgb: np.ndarray, ink: np.ndarray) -> _Found:
     contrast, mask, peak = _ink_mask(ink)
     labels, parts = _parts(_remove_lines(mask), contrast)
+    parts = [p for p in parts if p.strength >= INK_LEVEL * peak]
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
     return _Found(rgb, contrast, peak, labels, parts)
@@ -474,7 +492,8 @@ def _digits(found: _Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     made = []
     for keep in keeps:
         image, crop = _mnist(found, keep)
-        made.append(Preprocessed(image, _box(keep), crop=crop))
+        frame = (found.labels.shape[1], found.labels.shape[0])
+        made.append(Preprocessed(image, _box(keep), crop=crop, frame=frame))
     return made
 
 
@@ -482,7 +501,7 @@ def _trace(found: _Found, digits: list[Preprocessed]) -> Steps:
     return Steps(
         found.rgb,
         np.clip(found.contrast / found.peak, 0, 1),
-        found.labels > 0,
+        _keep(found, found.parts),
         [d.box for d in digits],
         [d.crop for d in digits if d.crop is not None],
         [d.image for d in digits],
@@ -531,9 +550,11 @@ def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
     inside = [p for p in parts if not p.border] or parts
     biggest = max(p.mass for p in inside)
     big = [p for p in inside if p.mass >= 0.1 * biggest]
-    height = max(p.box[3] - p.box[1] for p in big)
-    top, bottom = min(p.box[1] for p in big), max(p.box[3] for p in big)
-    margin = 0.25 * height
+    # The median: one piece merged with a margin line or a scribble must not set the height.
+    height = int(np.median([p.box[3] - p.box[1] for p in big]))
+    top = float(np.median([p.box[1] for p in big]))
+    bottom = float(np.median([p.box[3] for p in big]))
+    margin = 0.5 * height
     pieces = [
         p
         for p in inside
@@ -553,23 +574,37 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
 
     Tall pieces are digits (or touching digits), and tall pieces stacked over each other are
     one broken digit. A small piece belongs to the digit it sits over or under (a 5's bar, a
-    broken stroke); one beside the digits (a dash, a speck) belongs to none.
+    broken stroke); small pieces close together that are as tall as a digit together are a
+    digit broken apart; the rest (a dash, specks) belong to none.
     """
     tall = [p for p in pieces if p.box[3] - p.box[1] >= 0.45 * height]
+    small = [p for p in pieces if p.box[3] - p.box[1] < 0.45 * height]
     groups: list[list[_Part]] = []
     for part in sorted(tall, key=lambda p: p.box[0] + p.box[2]):
         if groups and _overlap(_union([p.box for p in groups[-1]]), part.box) >= 0.5:
             groups[-1].append(part)
         else:
             groups.append([part])
-    for part in pieces:
-        if part in tall:
-            continue
+    loose = []
+    for part in small:
         boxes = [_union([p.box for p in g]) for g in groups]
-        best = max(range(len(groups)), key=lambda i: _overlap(boxes[i], part.box))
-        if _overlap(boxes[best], part.box) >= 0.3:
+        best = max(range(len(groups)), key=lambda i: _overlap(boxes[i], part.box), default=None)
+        if best is not None and _overlap(boxes[best], part.box) >= 0.3:
             groups[best].append(part)
-    return groups
+        else:
+            loose.append(part)
+    clusters: list[list[_Part]] = []
+    for part in sorted(loose, key=lambda p: p.box[0]):
+        near = [c for c in clusters if _gap(_union([p.box for p in c]), part.box) <= 0.2 * height]
+        if near:
+            near[0].append(part)
+        else:
+            clusters.append([part])
+    for cluster in clusters:
+        box = _union([p.box for p in cluster])
+        if box[3] - box[1] >= 0.45 * height:
+            groups.append(cluster)
+    return sorted(groups, key=lambda g: sum(_union([p.box for p in g])[0:3:2]))
 
 
 def _cut(keep: np.ndarray, columns: list[int]) -> list[np.ndarray]:
@@ -628,9 +663,11 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
 @dataclass(frozen=True)
 class Row:
     """A number (a year, a phone number): its groups of ink, left to right, each with the ways
-    to read it (whole, or cut where digits touch); `digits` takes each group's first way."""
+    to read it (whole, or cut where digits touch), and for each pair of neighbours that could
+    be one digit broken in two, that digit (else None). `digits` takes each group whole."""
 
     readings: list[list[list[Preprocessed]]]
+    joined: list[Preprocessed | None] = field(default_factory=list)
     steps: Steps | None = None
 
     @property
@@ -638,16 +675,27 @@ class Row:
         return [d for options in self.readings for d in options[0]]
 
 
+def _joinable(a: np.ndarray, b: np.ndarray, height: int) -> bool:
+    """Whether two neighbouring groups could be one digit broken in two: close together, no
+    wider than a digit, and one of them too short to be a whole digit."""
+    left, top, right, bottom = _box(a)
+    start, upper, end, lower = _box(b)
+    close = start - right <= 0.15 * height and end - left <= height
+    return close and min(bottom - top, lower - upper) < 0.8 * height
+
+
 def segment_image(img: Image.Image, *, steps: bool = False) -> Row:
     """An opened image of digits in a row -> each group's readings as 28x28 images."""
     found = _analyse(img)
     pieces, height = _row_parts(found.parts)
-    readings = [
-        [_digits(found, option) for option in _readings(_keep(found, group), height)]
-        for group in _columns(pieces, height)
+    keeps = [_keep(found, group) for group in _columns(pieces, height)]
+    readings = [[_digits(found, option) for option in _readings(k, height)] for k in keeps]
+    joined = [
+        _digits(found, [a | b])[0] if _joinable(a, b, height) else None
+        for a, b in itertools.pairwise(keeps)
     ]
     first = [d for options in readings for d in options[0]]
-    return Row(readings, _trace(found, first) if steps else None)
+    return Row(readings, joined, _trace(found, first) if steps else None)
 
 
 def segment(path: str | Path, *, steps: bool = False) -> Row:

@@ -1,0 +1,245 @@
+"""`predict --multi`: a row of digits (a year, a phone number) segmented and read left to right.
+
+Rows are drawn from MNIST *test* digits by benchmarks/photogen.py (photographed style) or pasted
+by hand here (a dash, touching digits, a broken stroke) to pin down the segmentation rules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnistcnn.cli import main
+from mnistcnn.errors import ImageError
+from mnistcnn.model import DigitNet
+from mnistcnn.predict import predict_numbers, read_number
+from mnistcnn.preprocess import segment
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import photogen
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist_test: Any) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_test.images.numpy(), mnist_test.labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def numbers(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> dict[Path, str]:
+    """16 photos of 4-digit numbers, digits apart, under conditions drawn at random."""
+    folder = tmp_path_factory.mktemp("numbers")
+    conditions = [c for c in photogen.CONDITIONS if c not in ("large", "mixed")]
+    made = {}
+    for i, photo in enumerate(
+        photogen.photo_set(*test_digits, "multi", 16, seed=2, digits=4, conditions=conditions)
+    ):
+        path = folder / f"n{i:02d}{photo.suffix}"
+        path.write_bytes(photo.data)
+        made[path] = photo.label
+    return made
+
+
+def _sheet(test_digits: tuple[np.ndarray, np.ndarray], picks: list[int], gaps: list[int]) -> Any:
+    """MNIST digits pasted as dark ink on white, left to right, `gaps` pixels apart (negative:
+    overlapping boxes), each cropped to its ink and scaled to 96 px tall."""
+    images, _ = test_digits
+    glyphs = []
+    for i in picks:
+        digit = images[i]
+        rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
+        crop = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+        scale = 96 / crop.height
+        glyphs.append(np.asarray(crop.resize((round(crop.width * scale), 96), Image.BICUBIC)))
+    width = sum(g.shape[1] for g in glyphs) + sum(gaps) + 80
+    ink = np.zeros((180, width), np.uint8)
+    x = 40
+    for glyph, gap in zip(glyphs, [*gaps, 0], strict=True):
+        area = ink[40:136, x : x + glyph.shape[1]]
+        np.maximum(area, glyph, out=area)
+        x += glyph.shape[1] + gap
+    return Image.fromarray(255 - ink)
+
+
+def _first(test_digits: tuple[np.ndarray, np.ndarray], label: int, skip: int = 0) -> int:
+    return int(np.flatnonzero(test_digits[1] == label)[skip])
+
+
+# --- segmentation, no model ---------------------------------------------------------------
+
+
+def test_digits_apart_are_one_group_each(numbers: dict[Path, str]) -> None:
+    counts = [len(segment(path).readings) for path in numbers]
+    assert sum(c == 4 for c in counts) >= 15, counts
+
+
+def test_groups_come_left_to_right_with_their_boxes(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    picks = [_first(test_digits, d) for d in (2, 0, 2, 6)]
+    path = tmp_path / "year.png"
+    _sheet(test_digits, picks, [30, 30, 30]).save(path)
+    row = segment(path, steps=True)
+    assert len(row.readings) == 4
+    lefts = [options[0][0].box[0] for options in row.readings]
+    assert lefts == sorted(lefts)
+    assert all(d.image.shape == (28, 28) for d in row.digits)
+    assert row.steps is not None and len(row.steps.images) == 4
+
+
+def test_a_dash_and_specks_are_not_digits(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    picks = [_first(test_digits, d) for d in (5, 5, 5, 1, 2)]
+    sheet = _sheet(test_digits, picks, [30, 30, 70, 30])
+    draw = ImageDraw.Draw(sheet)
+    x = sheet.width // 2 + 60  # between the third and fourth digits: 555-12
+    draw.line((x - 10, 88, x + 10, 88), fill=0, width=6)
+    draw.ellipse((20, 20, 23, 23), fill=0)
+    path = tmp_path / "phone.png"
+    sheet.save(path)
+    assert len(segment(path).readings) == 5
+
+
+def test_a_broken_stroke_stays_one_digit(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    picks = [_first(test_digits, d) for d in (4, 7, 1)]
+    sheet = _sheet(test_digits, picks, [30, 30])
+    # A gap across the middle of the first digit, as a pen that skipped.
+    ImageDraw.Draw(sheet).rectangle((0, 86, 40 + 60, 90), fill=255)
+    path = tmp_path / "broken.png"
+    sheet.save(path)
+    assert len(segment(path).readings) == 3
+
+
+def test_touching_digits_can_be_read_cut_apart(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    picks = [_first(test_digits, d) for d in (3, 8)]
+    path = tmp_path / "touching.png"
+    _sheet(test_digits, picks, [-6]).save(path)
+    (options,) = segment(path).readings
+    assert 2 in [len(o) for o in options]  # too wide for one digit: cut in two
+
+
+def test_no_digit_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (300, 120), (240, 240, 235)).save(path)
+    with pytest.raises(ImageError, match="no digit"):
+        segment(path)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_numbers_are_read(digit_model: DigitNet, numbers: dict[Path, str]) -> None:
+    # The session's small model (~98 % per digit): ~90 % of 4-digit numbers entirely right.
+    reads = {path: read_number(digit_model, path) for path in numbers}
+    right = [reads[p].number == label for p, label in numbers.items()]
+    assert sum(right) >= 12, {p.name: (r.number, numbers[p]) for p, r in reads.items()}
+    for read in reads.values():
+        assert read.number is not None and len(read.digits) == len(read.number)
+        assert len(read.boxes) == len(read.number)
+        assert read.probability == pytest.approx(np.prod([top[0][1] for top in read.digits]))
+
+
+@pytest.mark.slow
+def test_touching_digits_are_read(
+    digit_model: DigitNet, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    labels = (3, 8, 4, 7, 2, 0)
+    picks = [_first(test_digits, d) for d in labels]
+    path = tmp_path / "touching.png"
+    _sheet(test_digits, picks, [-5, 30, -5, 30, -5]).save(path)
+    assert read_number(digit_model, path).number == "".join(map(str, labels))
+
+
+@pytest.mark.slow
+def test_predict_numbers_streams_errors_and_views(
+    digit_model: DigitNet, numbers: dict[Path, str], tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("L", (200, 100), 255).save(blank)
+    paths = [*list(numbers)[:2], blank]
+    out = tmp_path / "views"
+    results = list(predict_numbers(digit_model, paths, top_k=3, save_dir=out))
+    assert [r.path for r in results] == [str(p) for p in paths]
+    assert results[2].number is None and "no digit" in (results[2].error or "")
+    for read, path in zip(results[:2], paths[:2], strict=True):
+        assert all(len(top) == 3 for top in read.digits)
+        with Image.open(out / f"{path.stem}.png") as view:
+            assert view.size == (28 * len(read.number or ""), 28)
+        assert (out / f"{path.stem}.steps.png").is_file()
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def year(test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> Path:
+    path = tmp_path / "year.jpg"
+    picks = [_first(test_digits, d, skip=1) for d in (1, 9, 8, 4)]
+    _sheet(test_digits, picks, [30, 30, 30]).convert("RGB").save(path, quality=90)
+    return path
+
+
+@pytest.mark.slow
+def test_cli_prints_the_number_and_each_digits_probability(
+    digit_model_run: dict, year: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", "--multi", "-m", str(digit_model_run["path"]), str(year)]) == 0
+    line = capsys.readouterr().out.strip()
+    path, rest = line.split(": ", 1)
+    assert path == str(year)
+    number, *digits = rest.split("  ")
+    assert number == "1984"
+    assert digits[0].startswith("(p=")
+    assert [d.split(" ")[0] for d in digits[1:]] == ["1", "9", "8", "4"]
+
+
+@pytest.mark.slow
+def test_cli_json(digit_model_run: dict, year: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(digit_model_run["path"])
+    assert main(["predict", "--multi", "--json", "-k", "2", "-m", model, str(year)]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["number"] == "1984" and result["error"] is None
+    assert [len(top) for top in result["digits"]] == [2, 2, 2, 2]
+    assert len(result["boxes"]) == 4
+
+
+@pytest.mark.slow
+def test_cli_errors(
+    digit_model_run: dict, year: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("L", (200, 100), 255).save(blank)
+    model = str(digit_model_run["path"])
+    assert main(["predict", "--multi", "-m", model, str(year), str(blank)]) == 1
+    captured = capsys.readouterr()
+    assert "1984" in captured.out
+    assert captured.err.startswith("mnistcnn: error: no digit found")
+    assert main(["predict", "--multi", "-m", "model.onnx", str(year)]) == 1
+    assert "--multi reads numbers with a .pth model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_subprocess(digit_model_run: dict, year: Path) -> None:
+    model = str(digit_model_run["path"])
+    done = subprocess.run(
+        [sys.executable, "-m", "mnistcnn", "predict", "--multi", "-m", model, str(year)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{year}: 1984  (p=")
