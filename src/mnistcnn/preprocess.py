@@ -550,8 +550,10 @@ def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
     inside = [p for p in parts if not p.border] or parts
     biggest = max(p.mass for p in inside)
     big = [p for p in inside if p.mass >= 0.1 * biggest]
-    # The median: one piece merged with a margin line or a scribble must not set the height.
-    height = int(np.median([p.box[3] - p.box[1] for p in big]))
+    # The second tallest: pieces of broken digits must not make it smaller, nor one piece
+    # merged with a margin line or a scribble larger.
+    heights = sorted((p.box[3] - p.box[1] for p in big), reverse=True)
+    height = heights[1] if len(heights) >= 3 else heights[0]
     top = float(np.median([p.box[1] for p in big]))
     bottom = float(np.median([p.box[3] for p in big]))
     margin = 0.5 * height
@@ -595,7 +597,7 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
             loose.append(part)
     clusters: list[list[_Part]] = []
     for part in sorted(loose, key=lambda p: p.box[0]):
-        near = [c for c in clusters if _gap(_union([p.box for p in c]), part.box) <= 0.2 * height]
+        near = [c for c in clusters if _gap(_union([p.box for p in c]), part.box) <= 0.3 * height]
         if near:
             near[0].append(part)
         else:
