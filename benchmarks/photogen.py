@@ -73,6 +73,7 @@ class Photo:
     label: str  # the digits, left to right
     condition: str
     box: tuple[float, float, float, float]  # the ink's left, top, right, bottom in [0, 1]
+    sources: tuple[int, ...] = ()  # the digits' indices in the images given to `photo_set`
 
 
 def _u(rng: np.random.Generator, low: float, high: float) -> float:
@@ -600,4 +601,4 @@ def photo_set(
     for index in picks:
         name = condition if conditions is None else str(rng.choice(list(conditions)))
         photo = make_photo(list(images[index]), list(labels[index]), name, rng, touch)
-        yield replace(photo, condition=condition)
+        yield replace(photo, condition=condition, sources=tuple(int(i) for i in index))

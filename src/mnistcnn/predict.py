@@ -73,11 +73,10 @@ class _Views:
     def save(self, path: Path, images: list[np.ndarray], steps: Steps | None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # digit.png and digit.jpg are two inputs: the second keeps its suffix in the name.
-        name = next(
-            n
-            for n in (path.stem, path.name, *(f"{path.name}-{i}" for i in range(2, 10**6)))
-            if n not in self.taken
-        )
+        name, copy = path.stem, 1
+        while name in self.taken:
+            copy += 1
+            name = path.name if copy == 2 else f"{path.name}-{copy - 1}"
         self.taken.add(name)
         strip = np.concatenate(images, axis=1)
         view = Image.fromarray((strip * 255).round().astype(np.uint8))
