@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,26 +117,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from mnistcnn.predict import predict_paths
 
         model = load_model(args.model)
-    failed = 0
-    results = []
-    for p in predict_paths(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed):
-        results.append(p)
-        if p.error:
-            failed += 1
-            _stderr(f"mnistcnn: error: {p.error}")
-        elif not args.json:
-            others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
-            _stdout(f"{p.path}: {p.label}  (p={p.probability:.3f})  {others}".rstrip())
+    found = predict_paths(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed)
+    results = _show(found, args, _label_line)
     if args.explain:
         from mnistcnn.explain import explain_predictions
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             _stderr(f"saved {path}")
+    return _finish(results, args)
+
+
+def _label_line(p: Any) -> str:
+    others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
+    return f"{p.path}: {p.label}  (p={p.probability:.3f})  {others}".rstrip()
+
+
+def _number_line(p: Any) -> str:
+    digits = "  ".join(_digit_text(top) for top in p.digits)
+    return f"{p.path}: {p.number}  (p={p.probability:.3f})  {digits}"
+
+
+def _show(found: Iterable[Any], args: argparse.Namespace, line: Callable[[Any], str]) -> list:
+    """Print each answer as it comes (errors on stderr); collect them all."""
+    results = []
+    for p in found:
+        results.append(p)
+        if p.error:
+            _stderr(f"mnistcnn: error: {p.error}")
+        elif not args.json:
+            _stdout(line(p))
+    return results
+
+
+def _finish(results: list, args: argparse.Namespace) -> int:
+    """JSON output if asked; exit 1 when any file failed or none was found."""
     if not results:
         raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
     if args.json:
         _print_json([dataclasses.asdict(p) for p in results])
-    return 1 if failed else 0
+    return 1 if any(p.error for p in results) else 0
 
 
 def _digit_text(top: list[tuple[int, float]]) -> str:
@@ -152,21 +171,8 @@ def _predict_numbers(args: argparse.Namespace) -> int:
     from mnistcnn.predict import predict_numbers
 
     model = load_model(args.model)
-    failed = 0
-    results = []
-    for p in predict_numbers(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed):
-        results.append(p)
-        if p.error:
-            failed += 1
-            _stderr(f"mnistcnn: error: {p.error}")
-        elif not args.json:
-            digits = "  ".join(_digit_text(top) for top in p.digits)
-            _stdout(f"{p.path}: {p.number}  (p={p.probability:.3f})  {digits}")
-    if not results:
-        raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
-    if args.json:
-        _print_json([dataclasses.asdict(p) for p in results])
-    return 1 if failed else 0
+    found = predict_numbers(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed)
+    return _finish(_show(found, args, _number_line), args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
