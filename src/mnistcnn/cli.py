@@ -46,11 +46,19 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mnistcnn import distributed
     from mnistcnn.checkpoint import load_training_state
     from mnistcnn.config import from_dict, load_config, replace_config
-    from mnistcnn.engine import fit
+    from mnistcnn.engine import check_output, fit, output_paths
 
     state = None
+    world = distributed.from_env()
+    if world.distributed and not args.resume and distributed.restarted():
+        # torchrun started the processes again after one failed: go on from the last epoch.
+        cfg = load_config(args.config, _overrides(args))
+        checkpoint = output_paths(cfg)["checkpoint"]
+        if checkpoint.is_file():
+            args.resume, args.config, args.set, args.output = str(checkpoint), None, [], None
     if args.resume:
         if args.config or args.set or args.output:
             raise ConfigError(
@@ -63,9 +71,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = replace_config(from_dict(state["config"]), sets)
     else:
         cfg = load_config(args.config, _overrides(args))
+    if args.nproc > 1 and not world.distributed:
+        # Checked once here rather than once per process.
+        check_output(cfg, args.overwrite or state is not None)
+        checkpoint = output_paths(cfg)["checkpoint"]
+        return distributed.launch(args.nproc, args.argv, checkpoint, args.max_restarts)
     log = _stderr if args.json else _stdout
     progress = not args.quiet and sys.stderr.isatty()
     result = fit(cfg, overwrite=args.overwrite, progress=progress, log=log, resume=state)
+    if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
+        return 0
     if args.json:
         _print_json(result)
     else:
@@ -249,6 +264,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="YAML", help="config file (default: the base recipe)")
     p.add_argument(
@@ -286,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--resume", metavar="CKPT", help="continue an interrupted run (its .ckpt, .pth or folder)"
+    )
+    train.add_argument(
+        "--nproc",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (DistributedDataParallel via torchrun)",
+    )
+    train.add_argument(
+        "--max-restarts",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart all processes up to K times if one fails, resuming",
     )
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -406,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors (2)
         return int(exc.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return handler(args)
     except MnistCnnError as exc:

@@ -113,9 +113,11 @@ class TrainConfig:
     log_every: int = 50
     run_dir: str | None = "runs"
     run_name: str | None = None
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
         _check(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mnistcnn.checkpoint import atomic_write
 from mnistcnn.config import AugmentConfig, DataConfig
@@ -174,6 +174,22 @@ def train_loader(split: Split, batch_size: int, generator: torch.Generator) -> D
         shuffle=True,
         generator=generator,
         collate_fn=_keep_batch,
+    )
+
+
+def shard_loader(split: Split, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
+    """This process's shard of each epoch, in batches of `batch_size`.
+
+    Every process draws the same permutation (seeded by `seed` and the epoch: call
+    `loader.sampler.set_epoch(epoch)`) and takes every `ranks`-th index from `rank` on, so the
+    shards are disjoint and together their k-th batches make one contiguous global batch. The
+    last `len(split) % ranks` images of each permutation are left out.
+    """
+    sampler = DistributedSampler(
+        TensorDigits(split), num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+    return DataLoader(
+        TensorDigits(split), batch_size=batch_size, sampler=sampler, collate_fn=_keep_batch
     )
 
 

@@ -1,0 +1,216 @@
+"""Data-parallel training over several processes with torch.distributed.
+
+`torchrun --nproc-per-node N -m mnistcnn train ...` (or `mnistcnn train --nproc N`, which
+calls torchrun's launcher) starts N copies of the command, each with RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous address in its environment. Each copy trains a
+DistributedDataParallel replica on its own shard of every batch: `data.batch_size` is the
+global batch, split evenly over the processes, so the learning rate needs no scaling and the
+recipe is the same at any process count. Rank 0 alone shows progress and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mnistcnn.errors import ConfigError, TrainingError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def from_env(environ: dict[str, str] | None = None) -> World:
+    """The World torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    env = os.environ if environ is None else environ
+    try:
+        world = World(
+            int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+        )
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+    if not 0 <= world.rank < world.size:
+        raise ConfigError(f"RANK {world.rank} is outside WORLD_SIZE {world.size}")
+    return world
+
+
+def per_rank_batch(batch_size: int, world: World) -> int:
+    """Each process's share of the global batch; it must divide evenly."""
+    if batch_size % world.size:
+        raise ConfigError(
+            f"data.batch_size {batch_size} is the global batch and must divide evenly over "
+            f"{world.size} processes"
+        )
+    return batch_size // world.size
+
+
+def local_device(device: torch.device, world: World) -> torch.device:
+    """With several processes on CUDA, each uses the GPU of its local rank."""
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+@contextlib.contextmanager
+def process_group(world: World, device: torch.device, timeout: float) -> Iterator[None]:
+    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block; no-op for one process.
+
+    `timeout` bounds every collective: if another process hangs or dies, this one stops with
+    an error after at most that many seconds instead of waiting forever.
+    """
+    if not world.distributed:
+        yield
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    wait = timedelta(seconds=timeout)
+    # The rendezvous store of MASTER_ADDR:MASTER_PORT: torchrun's agent serves it (and keeps it
+    # across restarts), else rank 0 does. Each restart gets its own key space in it, or the
+    # new processes would find the dead ones' addresses.
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ.get("MASTER_ADDR", "localhost"),
+        int(os.environ.get("MASTER_PORT", "29500")),
+        world.size,
+        is_master=world.main and not agent,
+        timeout=wait,
+        multi_tenant=True,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"mnistcnn/attempt{attempt}", store),
+        rank=world.rank,
+        world_size=world.size,
+        timeout=wait,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def contact(world: World) -> Iterator[None]:
+    """Turn a collective's failure (another process died, hung or was stopped) into one line."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as exc:
+        text = str(exc)
+        if not world.distributed or not ("gloo" in text or isinstance(exc, dist.DistError)):
+            raise
+        reason = text.split("] ", 1)[-1].split(". ")[0]  # gloo: "[file:line] Read error ...."
+        raise TrainingError(
+            f"process {world.rank} lost contact with the other training processes ({reason}); "
+            "another one probably failed: see its message"
+        ) from None
+
+
+def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """The module to train: DDP around `model` when there are several processes."""
+    if not world.distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def mean_over_ranks(
+    values: dict[str, float], world: World, weight: float = 1.0
+) -> dict[str, float]:
+    """The `weight`-weighted mean of each value over all processes (the value itself for one)."""
+    if not world.distributed:
+        return values
+    packed = torch.tensor([*(v * weight for v in values.values()), weight], dtype=torch.float64)
+    dist.all_reduce(packed)
+    return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(values)}
+
+
+def sync_buffers(model: nn.Module, world: World) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), the ones rank 0 saves."""
+    if world.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def barrier(world: World) -> None:
+    """Wait until every process gets here."""
+    if world.distributed:
+        dist.barrier()
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """Every process's `obj` on rank 0 (others get []); `[obj]` for one process."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * world.size if world.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
+
+
+def restarted() -> bool:
+    """Has torchrun's agent restarted this process's group after a failure?"""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+
+
+def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0) -> int:
+    """Run `python -m mnistcnn ARGV` in `nproc` processes on this machine, as torchrun
+    --standalone would, and return an exit code: 0, or the first failed process's.
+
+    Each process gets an equal share of the CPU threads unless OMP_NUM_THREADS is set. If one
+    process fails, torchrun's agent stops the others (and, with `max_restarts`, starts them all
+    again: with --resume in ARGV they go on from the last finished epoch).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=max_restarts,
+        monitor_interval=0.5,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "mnistcnn", *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        if code < 0:  # killed by a signal, so it could not say why itself
+            message = f"training process {rank} died (signal {-code})"
+            if checkpoint.is_file():
+                resume = f"mnistcnn train --nproc {nproc} --resume {checkpoint}"
+                message += f"; go on from the last finished epoch with: {resume}"
+            raise TrainingError(message) from None
+        return code  # the process printed its own error
+    return 0
