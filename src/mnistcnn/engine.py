@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn import config as config_mod
+from mnistcnn.calibrate import calibrate_model
 from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_state
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
@@ -453,6 +454,8 @@ def fit(
     test = scores(logits, test_split.labels)
     model.meta = {
         **best,
+        # Temperatures for honest probabilities (plain and TTA), val ECE before/after.
+        **calibrate_model(model, val_split.images, val_split.labels, cfg.data.eval_batch_size),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "epochs": cfg.train.epochs,
