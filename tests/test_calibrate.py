@@ -133,7 +133,11 @@ def test_eval_reports_ece_before_and_after_and_tta(
 
 @pytest.mark.slow
 def test_an_old_model_is_calibrated_on_its_split_then_calibrate_stores_it(
-    capsys: pytest.CaptureFixture[str], digit_model_run: dict, data_dir: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    digit_model_run: dict,
+    data_dir: Path,
+    mnist_test: Any,
+    tmp_path: Path,
 ) -> None:
     model = load_model(digit_model_run["path"])
     model.meta = {k: v for k, v in model.meta.items() if "temperature" not in k}
@@ -147,10 +151,13 @@ def test_an_old_model_is_calibrated_on_its_split_then_calibrate_stores_it(
     assert "fitted now on the validation split: 1000 images" in cal["temperature_source"]
     stored = load_model(digit_model_run["path"]).meta
     assert cal["temperature"] == pytest.approx(stored["temperature"], rel=1e-4)
-    assert main(["predict", str(tmp_path / "none.png"), "-m", str(old)]) == 1
-    assert "no stored temperature" in capsys.readouterr().err
+    Image.fromarray(mnist_test.images[0].numpy()).save(tmp_path / "seven.png")
+    assert main(["predict", str(tmp_path / "seven.png"), "-m", str(old)]) == 0
+    assert "no stored temperature" in capsys.readouterr().err  # the raw softmax, said so
     assert main(["calibrate", *args]) == 0
     assert "saved in" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "seven.png"), "-m", str(old)]) == 0
+    assert capsys.readouterr().err == ""
     meta = load_model(old).meta
     assert meta["temperature"] == pytest.approx(stored["temperature"], rel=1e-4)
     assert meta["tta_temperature"] == pytest.approx(stored["tta_temperature"], rel=1e-4)

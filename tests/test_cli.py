@@ -275,7 +275,9 @@ def test_eval_text(capsys: pytest.CaptureFixture[str], tiny_run: dict, data_dir:
     assert "test images: 10000" in out
     assert f"accuracy: {100 * tiny_run['test_accuracy']:.2f} %" in out
     assert "digit  precision  recall" in out and "confusion" in out
-    assert len(out.splitlines()) == 5 + 10 + 2 + 1 + 10
+    assert "ECE:" in out and "after temperature scaling" in out
+    # report, confusion matrix, then a blank line and four calibration lines
+    assert len(out.splitlines()) == 5 + 10 + 2 + 1 + 10 + 1 + 4
 
 
 @pytest.mark.slow

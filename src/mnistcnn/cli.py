@@ -156,8 +156,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         model = load_model(args.model)
         calibrated = stored_temperatures(model.meta) is not None
-    if not calibrated:
-        _uncalibrated(args.model)
     found = predict_paths(
         model,
         args.images,
@@ -167,6 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         use_tta=args.tta,
     )
     results = _show(found, args, _label_line)
+    _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
         from mnistcnn.explain import explain_predictions
 
@@ -175,11 +174,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _finish(results, args)
 
 
-def _uncalibrated(model: str) -> None:
-    _stderr(
-        f"mnistcnn: note: {model} has no stored temperature, so its probabilities are the raw "
-        f"softmax (uncalibrated); store one with: mnistcnn calibrate {model}"
-    )
+def _note_uncalibrated(calibrated: bool, results: list, model: str) -> None:
+    """After any answer from a model without a temperature: say its p is not calibrated."""
+    if not calibrated and any(not p.error for p in results):
+        _stderr(
+            f"mnistcnn: note: {model} has no stored temperature, so its probabilities are the "
+            f"raw softmax (uncalibrated); store one with: mnistcnn calibrate {model}"
+        )
 
 
 def _confidence(p: Any) -> str:
@@ -234,8 +235,6 @@ def _predict_numbers(args: argparse.Namespace) -> int:
     from mnistcnn.predict import predict_numbers
 
     model = load_model(args.model)
-    if stored_temperatures(model.meta) is None:
-        _uncalibrated(args.model)
     found = predict_numbers(
         model,
         args.images,
@@ -243,7 +242,9 @@ def _predict_numbers(args: argparse.Namespace) -> int:
         save_dir=args.save_preprocessed,
         min_confidence=args.min_confidence,
     )
-    return _finish(_show(found, args, _number_line), args)
+    results = _show(found, args, _number_line)
+    _note_uncalibrated(stored_temperatures(model.meta) is not None, results, args.model)
+    return _finish(results, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
