@@ -72,6 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         _stdout(
             f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})"
         )
+        _stdout(
+            f"temperature {result['temperature']:.4f}: validation ECE "
+            f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %"
+        )
         _stdout(f"saved {result['model']}")
     return 0
 
