@@ -189,6 +189,9 @@ def test_predict_flags_low_confidence(
     assert main(["predict", str(unsure), *model, "--json", "--min-confidence", "0"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["low_confidence"] is False
     assert main(["predict", str(unsure), *model, "--min-confidence", "2"]) == 2
+    assert "must be a probability in [0, 1]" in capsys.readouterr().err
+    assert main(["predict", str(unsure), *model, "--multi", "--tta"]) == 1
+    assert capsys.readouterr().err.startswith("mnistcnn: error: --tta works on single digits")
 
 
 def test_blank_paper_and_pure_noise_say_no_digit(digit_model: Any, tmp_path: Path) -> None:

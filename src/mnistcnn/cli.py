@@ -146,6 +146,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (getattr(args, "multi", False) or args.model.lower().endswith(".onnx")):
         raise ConfigError("--explain works on single digits with a .pth model")
+    if args.tta and (args.multi or args.model.lower().endswith(".onnx")):
+        raise ConfigError("--tta works on single digits with a .pth model (its views need torch)")
     if args.multi:
         return _predict_numbers(args)
     if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
@@ -232,8 +234,6 @@ def _digit_text(top: list[tuple[int, float]]) -> str:
 def _predict_numbers(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() == ".onnx":
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
-    if args.tta:
-        raise ConfigError("--tta works on single digits, not with --multi")
     from mnistcnn.calibrate import stored_temperatures
     from mnistcnn.checkpoint import load_model
     from mnistcnn.predict import predict_numbers
