@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ import yaml
 from torch import nn
 
 from mnistcnn import tta
+
+if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
+    from mnistcnn.data import Split
 
 # The standard reliability-diagram resolution (Guo et al.): 15 equal-width confidence bins.
 ECE_BINS = 15
@@ -203,7 +206,7 @@ def calibration_report(
 def evaluate_calibration(
     model: nn.Module,
     model_path: str | Path,
-    test: Any,
+    test: Split,
     logits: torch.Tensor,
     data_dir: str | Path,
     *,
