@@ -124,8 +124,10 @@ def evaluate_condition(
     count: int,
     seed: int,
     keep: Path | None = None,
+    tta: bool = False,
 ) -> dict[str, float]:
-    """Accuracy of each method (and of the raw 28x28 digits) on one condition's photos."""
+    """Accuracy of each method (and of the raw 28x28 digits) on one condition's photos; with
+    `tta` also of (c) with test-time augmentation."""
     photos = list(photo_set(images, labels, condition, count, seed))
     truth = torch.tensor([int(p.label) for p in photos])
     # The same digits straight from MNIST: what the model does without any photo.
@@ -139,6 +141,9 @@ def evaluate_condition(
             result[name] = float((predicted == truth).float().mean())
             if name == "mnistcnn":
                 result["ms"] = 1000 * seconds
+                if tta:
+                    with_tta = classify(model, batch, use_tta=True).argmax(1)
+                    result["tta"] = float((with_tta == truth).float().mean())
                 if keep is not None:
                     keep.mkdir(parents=True, exist_ok=True)
                     for path, p, t in zip(paths, predicted.tolist(), truth.tolist(), strict=True):
@@ -189,30 +194,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS), metavar="NAME")
     parser.add_argument("--multi", type=int, default=0, metavar="N", help="4-digit numbers")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy misread photos here")
+    parser.add_argument("--tta", action="store_true", help="add a column: (c) with --tta")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.model)
     test = load_mnist(args.data_dir, train=False, download=False)
     images, labels = test.images.numpy(), test.labels.numpy()
     print(f"model {args.model}; {args.count} photos per condition, seed {args.seed}\n")
+    extra = " (c) --tta |" if args.tta else ""
     print(
         "| condition | (a) resize-only | (b) textbook | (c) mnistcnn | 28x28 MNIST | ms/img (c) |"
+        + extra
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.tta else ""))
     totals: dict[str, list[float]] = {}
     for condition in args.conditions:
-        r = evaluate_condition(model, images, labels, condition, args.count, args.seed, args.keep)
+        r = evaluate_condition(
+            model, images, labels, condition, args.count, args.seed, args.keep, args.tta
+        )
+        tta = f" {100 * r['tta']:.1f} |" if args.tta else ""
         for key, value in r.items():
             totals.setdefault(key, []).append(value)
         print(
             f"| {condition} | {100 * r['resize-only']:.1f} | {100 * r['textbook']:.1f} | "
-            f"**{100 * r['mnistcnn']:.1f}** | {100 * r['28x28']:.1f} | {r['ms']:.1f} |",
+            f"**{100 * r['mnistcnn']:.1f}** | {100 * r['28x28']:.1f} | {r['ms']:.1f} |{tta}",
             flush=True,
         )
     mean = {key: float(np.mean(values)) for key, values in totals.items()}
+    tta = f" {100 * mean['tta']:.1f} |" if args.tta else ""
     print(
         f"| **all** | {100 * mean['resize-only']:.1f} | {100 * mean['textbook']:.1f} | "
-        f"**{100 * mean['mnistcnn']:.1f}** | {100 * mean['28x28']:.1f} | {mean['ms']:.1f} |"
+        f"**{100 * mean['mnistcnn']:.1f}** | {100 * mean['28x28']:.1f} | {mean['ms']:.1f} |{tta}"
     )
     if args.multi:
         print()

@@ -178,7 +178,8 @@ def test_train_text(
     lines = out.splitlines()
     assert lines[0].startswith("model cnn: ")
     assert any(line.startswith("epoch   1/1") for line in lines)
-    assert lines[-2].startswith("test accuracy ") and "(best epoch 1)" in lines[-2]
+    assert lines[-3].startswith("test accuracy ") and "(best epoch 1)" in lines[-3]
+    assert lines[-2].startswith("temperature ") and "validation ECE" in lines[-2]
     output = Path(train_args[-3])
     assert lines[-1] == f"saved {output}"
     assert load_model(output).meta["epoch"] == 1
@@ -195,6 +196,7 @@ def test_train_json(
     assert result["model"] == str(train_args[-3])
     assert 0 <= result["test_accuracy"] <= 1 and result["epochs"] == 1
     assert result["device"] == "cpu"
+    assert result["temperature"] > 0 and result["tta_temperature"] > 0
     assert "epoch   1/1" in err  # the log goes to stderr
 
 
@@ -275,7 +277,9 @@ def test_eval_text(capsys: pytest.CaptureFixture[str], tiny_run: dict, data_dir:
     assert "test images: 10000" in out
     assert f"accuracy: {100 * tiny_run['test_accuracy']:.2f} %" in out
     assert "digit  precision  recall" in out and "confusion" in out
-    assert len(out.splitlines()) == 5 + 10 + 2 + 1 + 10
+    assert "ECE:" in out and "after temperature scaling" in out
+    # report, confusion matrix, then a blank line and four calibration lines
+    assert len(out.splitlines()) == 5 + 10 + 2 + 1 + 10 + 1 + 4
 
 
 @pytest.mark.slow

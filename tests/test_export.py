@@ -190,6 +190,7 @@ def test_predict_onnx_matches_pth_without_importing_torch(
     assert [p["label"] for p in got] == mnist_test.labels[:6].tolist()
     for g, e in zip(got, expected, strict=True):
         assert [k for k, _ in g["top"]] == [k for k, _ in e["top"]]
+        assert g["low_confidence"] == e["low_confidence"]
         assert np.allclose([v for _, v in g["top"]], [v for _, v in e["top"]], atol=1e-5)
 
 
@@ -228,6 +229,8 @@ def test_predict_onnx_errors(
     onnx.save(proto, bare)
     assert main(["predict", str(image), "-m", str(bare)]) == 1
     assert "not an mnistcnn export" in capsys.readouterr().err
+    assert main(["predict", str(image), "-m", str(digit_onnx[0]), "--tta"]) == 1
+    assert capsys.readouterr().err.startswith("mnistcnn: error: --tta works on single digits")
 
 
 def test_predict_onnx_folder_in_process(

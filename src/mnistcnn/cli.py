@@ -87,6 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         _stdout(
             f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})"
         )
+        _stdout(
+            f"temperature {result['temperature']:.4f}: validation ECE "
+            f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %"
+        )
         _stdout(f"saved {result['model']}")
     return 0
 
@@ -95,6 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from mnistcnn.calibrate import evaluate_calibration, format_calibration
     from mnistcnn.checkpoint import load_model
     from mnistcnn.data import default_cache_dir, load_mnist
     from mnistcnn.engine import predict_logits, resolve_device
@@ -102,12 +107,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device or "auto")
     model = load_model(args.model, device).to(memory_format=torch.channels_last)
-    test = load_mnist(
-        args.data_dir, train=False, download=not args.no_download, cache=default_cache_dir()
-    ).to(device)
+    data = {"download": not args.no_download}
+    test = load_mnist(args.data_dir, train=False, cache=default_cache_dir(), **data).to(device)
     logits = predict_logits(model, test, args.batch_size, device, channels_last=True)
     report = classification_report(logits, test.labels)
-    _print_json(report) if args.json else _stdout(format_report(report))
+    report["calibration"] = evaluate_calibration(
+        model,
+        args.model,
+        test,
+        logits,
+        args.data_dir,
+        **data,
+        batch_size=args.batch_size,
+        use_tta=args.tta,
+    )
+    lines = [format_report(report), "", *format_calibration(report["calibration"])]
+    _print_json(report) if args.json else _stdout("\n".join(lines))
     if args.save_confusion:
         from mnistcnn import figures
 
@@ -116,24 +131,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from mnistcnn.calibrate import fit_on_validation
+    from mnistcnn.checkpoint import load_model, save_model
+    from mnistcnn.engine import resolve_device
+
+    model = load_model(args.model, resolve_device(args.device or "auto"))
+    fitted, split = fit_on_validation(
+        model, args.model, args.data_dir, download=not args.no_download, batch_size=args.batch_size
+    )
+    model.meta = {**model.meta, **fitted}
+    save_model(model, args.model)
+    if args.json:
+        _print_json({**fitted, "split": split, "model": args.model})
+        return 0
+    _stdout(
+        f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}), "
+        f"fitted on {split}"
+    )
+    _stdout(
+        f"validation ECE {100 * fitted['val_ece']:.2f} % -> "
+        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
+    )
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain and not args.save_preprocessed:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (getattr(args, "multi", False) or args.model.lower().endswith(".onnx")):
         raise ConfigError("--explain works on single digits with a .pth model")
+    if args.tta and (args.multi or args.model.lower().endswith(".onnx")):
+        raise ConfigError("--tta works on single digits with a .pth model (its views need torch)")
     if args.multi:
         return _predict_numbers(args)
     if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
         from mnistcnn.onnx_predict import load_onnx, predict_paths
 
         model: Any = load_onnx(args.model)
+        calibrated = model.temperature is not None
     else:
+        from mnistcnn.calibrate import stored_temperatures
         from mnistcnn.checkpoint import load_model
         from mnistcnn.predict import predict_paths
 
         model = load_model(args.model)
-    found = predict_paths(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed)
+        calibrated = stored_temperatures(model.meta) is not None
+    found = predict_paths(
+        model,
+        args.images,
+        top_k=args.top_k,
+        save_dir=args.save_preprocessed,
+        min_confidence=args.min_confidence,
+        use_tta=args.tta,
+    )
     results = _show(found, args, _label_line)
+    _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
         from mnistcnn.explain import explain_predictions
 
@@ -142,14 +195,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _finish(results, args)
 
 
+def _note_uncalibrated(calibrated: bool, results: list, model: str) -> None:
+    """After any answer from a model without a temperature: say its p is not calibrated."""
+    if not calibrated and any(not p.error for p in results):
+        _stderr(
+            f"mnistcnn: note: {model} has no stored temperature, so its probabilities are the "
+            f"raw softmax (uncalibrated); store one with: mnistcnn calibrate {model}"
+        )
+
+
+def _confidence(p: Any) -> str:
+    """`(p=0.981)`, or `(p=0.412, low confidence)` under --min-confidence."""
+    return f"(p={p.probability:.3f}{', low confidence' if p.low_confidence else ''})"
+
+
 def _label_line(p: Any) -> str:
     others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
-    return f"{p.path}: {p.label}  (p={p.probability:.3f})  {others}".rstrip()
+    return f"{p.path}: {p.label}  {_confidence(p)}  {others}".rstrip()
 
 
 def _number_line(p: Any) -> str:
     digits = "  ".join(_digit_text(top) for top in p.digits)
-    return f"{p.path}: {p.number}  (p={p.probability:.3f})  {digits}"
+    return f"{p.path}: {p.number}  {_confidence(p)}  {digits}"
 
 
 def _show(found: Iterable[Any], args: argparse.Namespace, line: Callable[[Any], str]) -> list:
@@ -182,12 +249,21 @@ def _digit_text(top: list[tuple[int, float]]) -> str:
 def _predict_numbers(args: argparse.Namespace) -> int:
     if Path(args.model).suffix.lower() == ".onnx":
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
+    from mnistcnn.calibrate import stored_temperatures
     from mnistcnn.checkpoint import load_model
     from mnistcnn.predict import predict_numbers
 
     model = load_model(args.model)
-    found = predict_numbers(model, args.images, top_k=args.top_k, save_dir=args.save_preprocessed)
-    return _finish(_show(found, args, _number_line), args)
+    found = predict_numbers(
+        model,
+        args.images,
+        top_k=args.top_k,
+        save_dir=args.save_preprocessed,
+        min_confidence=args.min_confidence,
+    )
+    results = _show(found, args, _number_line)
+    _note_uncalibrated(stored_temperatures(model.meta) is not None, results, args.model)
+    return _finish(results, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -271,6 +347,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], not {value}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="YAML", help="config file (default: the base recipe)")
     p.add_argument(
@@ -337,7 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--save-confusion", metavar="PNG", help="also draw the confusion matrix as a PNG"
     )
+    ev.add_argument(
+        "--tta",
+        action="store_true",
+        help="also measure test-time augmentation (probabilities averaged over 7 small moves)",
+    )
     ev.set_defaults(handler=cmd_eval)
+
+    ca = sub.add_parser(
+        "calibrate", help="fit the temperature on the validation split and store it in the model"
+    )
+    ca.add_argument("model", metavar="MODEL.pth")
+    ca.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
+    ca.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    ca.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N")
+    ca.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    ca.add_argument("--json", action="store_true", help="print the result as JSON")
+    ca.set_defaults(handler=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="classify image files of handwritten digits")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
@@ -360,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--multi",
         action="store_true",
         help="read several digits in a row (a year, a phone number) as one number",
+    )
+    pr.add_argument(
+        "--min-confidence",
+        type=_probability,
+        default=0.5,
+        metavar="P",
+        help="mark answers whose calibrated probability is below P as low confidence (0.5)",
+    )
+    pr.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average 7 slightly moved copies of each digit (.pth only)",
     )
     pr.set_defaults(handler=cmd_predict)
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from mnistcnn import config as config_mod
 from mnistcnn import distributed
+from mnistcnn.calibrate import calibrate_model
 from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_state
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
@@ -550,6 +551,8 @@ def _train(
     test = scores(logits, test_split.labels)
     model.meta = {
         **best,
+        # Temperatures for honest probabilities (plain and TTA), val ECE before/after.
+        **calibrate_model(model, val_split.images, val_split.labels, cfg.data.eval_batch_size),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "epochs": cfg.train.epochs,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistcnn.calibrate import stored_temperatures
 from mnistcnn.model import DigitNet
 from mnistcnn.predict import Prediction
 
@@ -31,7 +32,9 @@ def occlusion(
     device = next(model.parameters()).device
     x = torch.from_numpy(np.asarray(image, np.float32)).to(device)
     side = x.shape[-1]
-    probs = torch.softmax(model.eval()(x[None, None]).float(), 1)[0]
+    # The calibrated probability, as `predict` prints it (T = 1 for an uncalibrated model).
+    t = (stored_temperatures(model.meta) or {"temperature": 1.0})["temperature"]
+    probs = torch.softmax(model.eval()(x[None, None]).float() / t, 1)[0]
     label = int(probs.argmax())
     half = patch // 2
     batch = x.repeat(side * side, 1, 1)
@@ -42,7 +45,7 @@ def occlusion(
                 i * side + j, max(i - half, 0) : i + half + 1, max(j - half, 0) : j + half + 1
             ] = True
     batch[masks] = 0.0
-    occluded = torch.softmax(model(batch[:, None]).float(), 1)[:, label]
+    occluded = torch.softmax(model(batch[:, None]).float() / t, 1)[:, label]
     drop = probs[label] - occluded
     # Each pixel gets the mean drop over the patches that covered it.
     heat = (drop[:, None, None] * masks).sum(0) / masks.sum(0)

@@ -8,6 +8,7 @@ pixels itself and its metadata names the input, the output and the labels (see `
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -36,6 +37,7 @@ class Prediction:
     probability: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
+    low_confidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,14 @@ class OnnxModel:
     output_name: str
     labels: tuple[int, ...]
     metadata: dict[str, str]
+    # The exported model's temperature (`calibrate`), None for one trained before it existed.
+    temperature: float | None = None
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
+        """Calibrated probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
         batch = np.ascontiguousarray(images, dtype=np.float32)[:, None]
         logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        logits = logits.astype(np.float64) / (self.temperature or 1.0)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -79,9 +84,18 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if "labels" not in meta or "input" not in meta or "output" not in meta:
         raise CheckpointError(f"not an mnistcnn export (no labels/input/output metadata): {path}")
-    return OnnxModel(
-        session, meta["input"], meta["output"], tuple(map(int, json.loads(meta["labels"]))), meta
-    )
+    labels = tuple(map(int, json.loads(meta["labels"])))
+    return OnnxModel(session, meta["input"], meta["output"], labels, meta, _temperature(meta))
+
+
+def _temperature(meta: dict[str, str]) -> float | None:
+    """The temperature in the export's training metadata (the model's meta), if valid."""
+    try:
+        value = json.loads(meta.get("training", "{}")).get("temperature")
+    except (ValueError, AttributeError):
+        return None
+    ok = isinstance(value, int | float) and math.isfinite(value) and value > 0
+    return float(value) if ok else None
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -122,8 +136,12 @@ def predict_paths(
     top_k: int = 1,
     chunk: int = 256,
     save_dir: str | Path | None = None,
+    min_confidence: float = 0.5,  # predict.MIN_CONFIDENCE, which cannot be imported without torch
+    use_tta: bool = False,
 ) -> Iterator[Prediction]:
     """Predict every image, `chunk` files at a time, in input order (as `predict.predict_paths`)."""
+    if use_tta:
+        raise MnistCnnError("--tta needs a .pth model (its views are made with torch)")
     files = expand_inputs(paths)
     views = _Views(save_dir) if save_dir is not None else None
     while batch := list(islice(files, chunk)):
@@ -143,5 +161,6 @@ def predict_paths(
             order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
             for (path, _), row, best in zip(ready, probs, order, strict=True):
                 top = [(model.labels[i], float(row[i])) for i in best]
-                results[path] = Prediction(str(path), top[0][0], top[0][1], top)
+                low = top[0][1] < min_confidence
+                results[path] = Prediction(str(path), top[0][0], top[0][1], top, low_confidence=low)
         yield from (results[path] for path in batch)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnistcnn import tta
+from mnistcnn.calibrate import probabilities
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.preprocess import Preprocessed, Row, Steps, preprocess, segment, steps_panel
@@ -31,6 +33,7 @@ class Prediction:
     probability: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
+    low_confidence: bool = False  # calibrated probability below the asked minimum
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class NumberPrediction:
     digits: list[list[tuple[int, float]]] = field(default_factory=list)
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in the working image
     error: str | None = None
+    low_confidence: bool = False  # `probability` below the asked minimum
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
@@ -54,12 +58,24 @@ def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
+# Below this calibrated probability an answer is flagged: the model is then more likely wrong
+# than right, and a person should look (a calibrated 0.5 is right about half the time).
+MIN_CONFIDENCE = 0.5
+
+
 @torch.inference_mode()
-def classify(model: DigitNet, images: np.ndarray) -> torch.Tensor:
-    """Probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
+def view_logits(model: DigitNet, images: np.ndarray, use_tta: bool = False) -> torch.Tensor:
+    """Raw logits (V, N, 10) of 28x28 images in [0, 1], (N, 28, 28): V = 1, or the TTA views."""
     device = next(model.parameters()).device
     batch = torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device).unsqueeze(1)
-    return torch.softmax(model.eval()(batch).float(), dim=1).cpu()
+    if use_tta:
+        return tta.view_logits(model, batch).cpu()
+    return model.eval()(batch).float()[None].cpu()
+
+
+def classify(model: DigitNet, images: np.ndarray, use_tta: bool = False) -> torch.Tensor:
+    """Calibrated probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
+    return probabilities(view_logits(model, images, use_tta), model.meta, use_tta)
 
 
 class _Views:
@@ -92,8 +108,11 @@ def predict_paths(
     top_k: int = 1,
     chunk: int = 256,
     save_dir: str | Path | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
+    use_tta: bool = False,
 ) -> Iterator[Prediction]:
-    """Predict every image, `chunk` files at a time, in input order."""
+    """Predict every image, `chunk` files at a time, in input order; answers whose calibrated
+    probability is under `min_confidence` are flagged `low_confidence`."""
     files = expand_inputs(paths)
     views = _Views(save_dir) if save_dir is not None else None
     while batch := list(islice(files, chunk)):
@@ -109,11 +128,12 @@ def predict_paths(
             if views is not None:
                 views.save(path, [found.image], found.steps)
         if ready:
-            probs = classify(model, np.stack([image for _, image in ready]))
+            probs = classify(model, np.stack([image for _, image in ready]), use_tta)
             values, labels = probs.topk(min(top_k, probs.shape[1]), dim=1)
             for (path, _), vals, labs in zip(ready, values.tolist(), labels.tolist(), strict=True):
                 top = list(zip(labs, vals, strict=True))
-                results[path] = Prediction(str(path), labs[0], vals[0], top)
+                low = vals[0] < min_confidence
+                results[path] = Prediction(str(path), labs[0], vals[0], top, low_confidence=low)
         yield from (results[path] for path in batch)
 
 
@@ -131,8 +151,11 @@ def _read(
     where one digit is broken in two) and read it: a best path over the groups."""
     candidates = [d for options in row.readings for option in options for d in option]
     candidates += [d for d in row.joined if d is not None]
-    probs = classify(model, np.stack([d.image for d in candidates]))
-    score = probs.max(1).values.log().tolist()
+    logits = view_logits(model, np.stack([d.image for d in candidates]))
+    # The reading is chosen on the raw softmax, the scale CUT_COST and JOIN_COST were set on;
+    # the digits' reported probabilities are the calibrated ones.
+    score = logits[0].log_softmax(1).max(1).values.tolist()
+    probs = probabilities(logits, model.meta, use_tta=False)
     index = {id(d): i for i, d in enumerate(candidates)}
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]
@@ -171,8 +194,10 @@ def predict_numbers(
     *,
     top_k: int = 1,
     save_dir: str | Path | None = None,
+    min_confidence: float = MIN_CONFIDENCE,
 ) -> Iterator[NumberPrediction]:
-    """Read every image as a row of digits (a year, a phone number), in input order."""
+    """Read every image as a row of digits (a year, a phone number), in input order; a number
+    whose probability (every digit right) is under `min_confidence` is flagged."""
     views = _Views(save_dir) if save_dir is not None else None
     for path in expand_inputs(paths):
         try:
@@ -187,4 +212,4 @@ def predict_numbers(
                 row.steps, boxes=read.boxes, crops=crops, images=[d.image for d in digits]
             )
             views.save(path, [d.image for d in digits], steps)
-        yield read
+        yield replace(read, low_confidence=read.probability < min_confidence)

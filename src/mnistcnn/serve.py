@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ImageError, MnistCnnError
 from mnistcnn.model import DigitNet, count_parameters
-from mnistcnn.predict import classify
+from mnistcnn.predict import MIN_CONFIDENCE, classify
 from mnistcnn.preprocess import open_image, preprocess_image
 
 STATIC = Path(__file__).parent / "static"
@@ -61,7 +61,12 @@ class Prediction(BaseModel):
     found: bool = Field(description="whether a digit was found in the image")
     label: int | None = Field(None, description="the most probable digit")
     probability: float | None = Field(None, description="its probability")
-    probabilities: list[float] | None = Field(None, description="p(0) ... p(9)")
+    probabilities: list[float] | None = Field(
+        None, description="p(0) ... p(9), calibrated by the model's temperature when it has one"
+    )
+    low_confidence: bool | None = Field(
+        None, description="whether the probability is below 0.5: more likely wrong than right"
+    )
     image: str | None = Field(
         None, description="base64 PNG of the 28x28 image the model saw (white ink on black)"
     )
@@ -170,6 +175,7 @@ def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
         label=label,
         probability=probs[label],
         probabilities=probs,
+        low_confidence=probs[label] < MIN_CONFIDENCE,
         image=_png_base64(image),
     )
 

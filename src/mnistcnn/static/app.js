@@ -176,7 +176,8 @@ function setSeen(base64) {
 function showPrediction(result) {
   labelEl.textContent = String(result.label);
   labelEl.dataset.state = "digit";
-  confidenceEl.textContent = `p = ${result.probability.toFixed(3)}`;
+  const unsure = result.low_confidence ? " (low confidence)" : "";
+  confidenceEl.textContent = `p = ${result.probability.toFixed(3)}${unsure}`;
   statusEl.textContent = photo ? `photo: ${photo.name}` : "Keep drawing, or Clear to start again.";
   statusEl.classList.remove("error");
   setBars(result.probabilities);
