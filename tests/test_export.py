@@ -121,7 +121,7 @@ def test_onnx_metadata_is_all_a_consumer_needs(
     ("fmt", "run"),
     [("onnx", "digit_model_run"), ("torchscript", "digit_model_run"), ("torchscript", "tiny_run")],
 )
-def test_int8_within_0_3_points_of_float(
+def test_int8_loses_at_most_0_3_points(
     fmt: str,
     run: str,
     request: pytest.FixtureRequest,
@@ -137,7 +137,9 @@ def test_int8_within_0_3_points_of_float(
     report = export_model(pth, out, fmt=fmt, fuse_bn=True, quantize="int8", data_dir=data_dir)
     accuracy = runner(fmt, out.read_bytes())(test_images).argmax(1) == mnist_test.labels.numpy()
     assert accuracy.mean() == pytest.approx(report.accuracy)
-    assert abs(report.accuracy - report.source_accuracy) <= 0.003, report
+    # Loses at most 0.3 points (on the weak tiny model rounding can also win a few digits).
+    assert report.source_accuracy - report.accuracy <= 0.003, report
+    assert abs(report.accuracy - report.source_accuracy) <= 0.01, report
     assert report.calibration == 1000
     # int8 weights: smaller, not only different (a TorchScript archive's code is a fixed cost)
     assert report.bytes < (0.5 if run == "digit_model_run" else 0.9) * report.float_bytes
