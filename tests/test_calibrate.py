@@ -74,7 +74,7 @@ def test_calibration_on_views_fits_both_temperatures() -> None:
     gen = torch.Generator().manual_seed(2)
     logits = 2 * torch.randn(3, 5000, 10, generator=gen)
     labels = torch.multinomial(torch.softmax(logits[0], 1), 1, generator=gen).squeeze(1)
-    cal = calibration(logits, labels)
+    cal = calibration(logits[0], labels, logits[:, :1000], labels[:1000])
     assert cal["temperature"] == pytest.approx(1.0, rel=0.1)
     assert cal["tta_temperature"] > 0 and cal["val_ece_calibrated"] <= cal["val_ece"] + 0.01
     assert stored_temperatures(cal) == {k: cal[k] for k in ("temperature", "tta_temperature")}

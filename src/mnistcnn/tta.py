@@ -28,11 +28,12 @@ VIEWS: tuple[tuple[float, float, float, float], ...] = (
 )
 
 
-def views(images: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) float images -> (V * N, 1, H, W): every view of every image, view-major."""
+def views(images: torch.Tensor, count: int = len(VIEWS)) -> torch.Tensor:
+    """(N, 1, H, W) float images -> (V * N, 1, H, W): the first `count` views of every image,
+    view-major."""
     n, _, h, w = images.shape
     thetas = []
-    for degrees, zoom, dx, dy in VIEWS:
+    for degrees, zoom, dx, dy in VIEWS[:count]:
         angle = math.radians(degrees)
         cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
         # affine_grid works in [-1, 1] coordinates: one pixel is 2 / side.
@@ -40,21 +41,26 @@ def views(images: torch.Tensor) -> torch.Tensor:
     theta = torch.tensor(thetas, dtype=images.dtype, device=images.device)  # (V, 2, 3)
     theta = theta.repeat_interleave(n, 0)  # (V * N, 2, 3)
     grid = F.affine_grid(theta, [len(theta), 1, h, w], align_corners=False)
-    batch = images.repeat(len(VIEWS), 1, 1, 1)  # (V * N, 1, H, W)
+    batch = images.repeat(count, 1, 1, 1)  # (V * N, 1, H, W)
     return F.grid_sample(batch, grid, align_corners=False, padding_mode="zeros")
 
 
 @torch.inference_mode()
-def view_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Logits (V, N, 10) of every view of (N, 1, H, W) float images."""
-    return model.eval()(views(images)).float().reshape(len(VIEWS), len(images), -1)
+def view_logits(model: nn.Module, images: torch.Tensor, count: int = len(VIEWS)) -> torch.Tensor:
+    """Logits (V, N, 10) of the first `count` views of (N, 1, H, W) float images."""
+    return model.eval()(views(images, count)).float().reshape(count, len(images), -1)
 
 
-def images_view_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (V, N, 10) of every view of uint8 images (N, 28, 28), `batch_size` at a time."""
+def images_view_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int, views: int = len(VIEWS)
+) -> torch.Tensor:
+    """Logits (V, N, 10) of the first `views` views of uint8 images (N, 28, 28), `batch_size`
+    images at a time."""
     device = next(model.parameters()).device
     chunks = [
-        view_logits(model, images[i : i + batch_size].to(device).unsqueeze(1).float().div(255))
+        view_logits(
+            model, images[i : i + batch_size].to(device).unsqueeze(1).float().div(255), views
+        )
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(chunks, 1).cpu()
