@@ -391,3 +391,10 @@ def test_any_override_loads_or_is_a_config_error(overrides: list[tuple[str, obje
 def test_repo_layout_assumption() -> None:
     # The tests find configs relative to the repository, not the working directory.
     assert (REPO / "pyproject.toml").is_file()
+
+
+def test_a_number_argument_takes_any_number_but_not_a_bool() -> None:
+    cfg = load_config(None, ["optim.momentum=0.9"])  # SGD's default momentum is the int 0
+    assert cfg.optim.kwargs["momentum"] == 0.9
+    with pytest.raises(ConfigError, match=r"optim.momentum: expected a number, got True"):
+        load_config(None, ["optim.momentum=true"])

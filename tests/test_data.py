@@ -126,6 +126,9 @@ def test_missing_data_says_where_to_put_the_files(
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
     assert all(name in message for name in RAW_FILES)
     assert "--data-dir" in message
+    # .gz files are unpacked only on torchvision's download path: said only when it is on.
+    assert ("(or their .gz)" in message) is download
+    assert ("download is off" in message) is not download
 
 
 def test_one_missing_file_is_missing_data(data_dir: Path, tmp_path: Path) -> None:

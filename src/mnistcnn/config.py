@@ -217,7 +217,9 @@ def _check_kwargs(key: str, cls: Any, kwargs: Mapping[str, Any], skip: int) -> d
             )
         default = named[name].default
         kind = type(default) if isinstance(default, bool | int | float | str | tuple) else Any
-        if kind in (int, float) and isinstance(value, float | int) and type(value) is not bool:
+        if kind in (int, float):  # a number default takes any number (momentum: 0 -> 0.9)
+            if not isinstance(value, float | int) or isinstance(value, bool):
+                raise ConfigError(f"{key}.{name}: expected a number, got {value!r}")
             kind = float if isinstance(value, float) or kind is float else int
         out[name] = coerce(value, kind, f"{key}.{name}")
     return out

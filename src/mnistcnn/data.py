@@ -54,13 +54,16 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
-def _missing_message(root: Path, exc: BaseException) -> str:
+def _missing_message(root: Path, exc: BaseException, download: bool) -> str:
     where = root / "MNIST" / "raw"
-    return (
-        f"MNIST not found in {where} and could not be downloaded ({type(exc).__name__}). "
-        f"Put the four files {', '.join(RAW_FILES)} (or their .gz) there, "
-        "or pass --data-dir to the folder that holds MNIST/raw/"
-    )
+    files = f"the four files {', '.join(RAW_FILES)}"
+    if download:
+        found = f"not found in {where} and could not be downloaded ({type(exc).__name__})"
+        put = f"Put {files} (or their .gz) there"
+    else:  # torchvision unpacks .gz files only on its download path
+        found = f"not found in {where} (download is off)"
+        put = f"Put {files} there uncompressed, or allow the download (it also unpacks .gz)"
+    return f"MNIST {found}. {put}, or pass --data-dir to the folder that holds MNIST/raw/"
 
 
 def _md5(path: Path) -> str:
@@ -93,7 +96,7 @@ def _decode(root: Path, train: bool, download: bool, names: list[str]) -> Split:
     except Exception as exc:  # torchvision raises bare RuntimeErrors for missing and corrupt files
         raw = root / "MNIST" / "raw"
         if not all((raw / name).is_file() for name in names):
-            raise DataError(_missing_message(root, exc)) from None
+            raise DataError(_missing_message(root, exc, download)) from None
         raise DataError(
             f"MNIST files {', '.join(names)} in {raw} cannot be read "
             f"({type(exc).__name__}: {exc}); delete them and download again"
