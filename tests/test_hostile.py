@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistcnn import predict as predict_mod
+from mnistcnn import answers
 from mnistcnn.cli import main
 from mnistcnn.predict import predict_paths
 
@@ -39,7 +39,7 @@ def _png_claiming(path: Path, width: int, height: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + body + end)
 
 
-def _one(model: Any, path: Path) -> predict_mod.Prediction:
+def _one(model: Any, path: Path) -> answers.Prediction:
     return next(predict_paths(model, [path]))
 
 
@@ -115,8 +115,8 @@ def test_a_folder_streams_in_chunks(
     for i in range(40):
         _paper(digits[i % 10], 56).save(tmp_path / f"{i:03d}.png")
     calls = []
-    real = predict_mod.preprocess
-    monkeypatch.setattr(predict_mod, "preprocess", lambda p: calls.append(p) or real(p))
+    real = answers.preprocess
+    monkeypatch.setattr(answers, "preprocess", lambda p, **kw: calls.append(p) or real(p, **kw))
     results = predict_paths(digit_model, [tmp_path], chunk=8)
     first = next(results)
     assert first.path.endswith("000.png") and len(calls) == 8  # only one chunk read so far

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistcnn.answers import Prediction
 from mnistcnn.calibrate import stored_temperatures
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import Prediction
 
 # A 5x5 patch is about a stroke's width and a third of a digit's height in MNIST's 20x20 box:
 # small enough to localize, large enough that blanking it changes the digit.

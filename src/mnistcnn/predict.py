@@ -8,32 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mnistcnn import tta
+from mnistcnn.answers import (
+    MIN_CONFIDENCE,
+    Prediction,
+    Views,
+    expand_inputs,
+    predict_files,
+)
 from mnistcnn.calibrate import probabilities
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.preprocess import Preprocessed, Row, Steps, preprocess, segment, steps_panel
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One file's answer: the label and its probability, the top k, or the error."""
-
-    path: str
-    label: int | None = None
-    probability: float | None = None
-    top: list[tuple[int, float]] = field(default_factory=list)
-    error: str | None = None
-    low_confidence: bool = False  # calibrated probability below the asked minimum
+from mnistcnn.preprocess import Preprocessed, Row, segment
 
 
 @dataclass(frozen=True)
@@ -47,20 +38,6 @@ class NumberPrediction:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in the working image
     error: str | None = None
     low_confidence: bool = False  # `probability` below the asked minimum
-
-
-def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given; directories replaced by the image files in them, sorted by name."""
-    for path in map(Path, paths):
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            yield path
-
-
-# Below this calibrated probability an answer is flagged: the model is then more likely wrong
-# than right, and a person should look (a calibrated 0.5 is right about half the time).
-MIN_CONFIDENCE = 0.5
 
 
 @torch.inference_mode()
@@ -78,29 +55,6 @@ def classify(model: DigitNet, images: np.ndarray, use_tta: bool = False) -> torc
     return probabilities(view_logits(model, images, use_tta), model.meta, use_tta)
 
 
-class _Views:
-    """Writes what the model saw: `<stem>.png` (the 28x28 input; several side by side for a
-    number) and `<stem>.steps.png` (every preprocessing step), one name per input file."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out_dir = Path(out_dir)
-        self.taken: set[str] = set()
-
-    def save(self, path: Path, images: list[np.ndarray], steps: Steps | None) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # digit.png and digit.jpg are two inputs: the second keeps its suffix in the name.
-        name, copy = path.stem, 1
-        while name in self.taken:
-            copy += 1
-            name = path.name if copy == 2 else f"{path.name}-{copy - 1}"
-        self.taken.add(name)
-        strip = np.concatenate(images, axis=1)
-        view = Image.fromarray((strip * 255).round().astype(np.uint8))
-        view.save(self.out_dir / f"{name}.png")
-        if steps is not None:
-            steps_panel(steps).save(self.out_dir / f"{name}.steps.png")
-
-
 def predict_paths(
     model: DigitNet,
     paths: Iterable[str | Path],
@@ -111,30 +65,15 @@ def predict_paths(
     min_confidence: float = MIN_CONFIDENCE,
     use_tta: bool = False,
 ) -> Iterator[Prediction]:
-    """Predict every image, `chunk` files at a time, in input order; answers whose calibrated
-    probability is under `min_confidence` are flagged `low_confidence`."""
-    files = expand_inputs(paths)
-    views = _Views(save_dir) if save_dir is not None else None
-    while batch := list(islice(files, chunk)):
-        ready: list[tuple[Path, np.ndarray]] = []
-        results: dict[Path, Prediction] = {}
-        for path in batch:
-            try:
-                found = preprocess(path) if views is None else preprocess(path, steps=True)
-            except ImageError as exc:
-                results[path] = Prediction(str(path), error=str(exc))
-                continue
-            ready.append((path, found.image))
-            if views is not None:
-                views.save(path, [found.image], found.steps)
-        if ready:
-            probs = classify(model, np.stack([image for _, image in ready]), use_tta)
-            values, labels = probs.topk(min(top_k, probs.shape[1]), dim=1)
-            for (path, _), vals, labs in zip(ready, values.tolist(), labels.tolist(), strict=True):
-                top = list(zip(labs, vals, strict=True))
-                low = vals[0] < min_confidence
-                results[path] = Prediction(str(path), labs[0], vals[0], top, low_confidence=low)
-        yield from (results[path] for path in batch)
+    """Predict every image, `chunk` files at a time, in input order (see `answers`)."""
+    return predict_files(
+        lambda images: classify(model, images, use_tta).numpy(),
+        paths,
+        top_k=top_k,
+        chunk=chunk,
+        save_dir=save_dir,
+        min_confidence=min_confidence,
+    )
 
 
 # Log-probability a reading pays for each cut of a group of ink (touching digits) and for
@@ -198,7 +137,7 @@ def predict_numbers(
 ) -> Iterator[NumberPrediction]:
     """Read every image as a row of digits (a year, a phone number), in input order; a number
     whose probability (every digit right) is under `min_confidence` is flagged."""
-    views = _Views(save_dir) if save_dir is not None else None
+    views = Views(save_dir) if save_dir is not None else None
     for path in expand_inputs(paths):
         try:
             row = segment(path, steps=views is not None)
