@@ -33,7 +33,7 @@ import reference
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import load_config
 from mnistcnn.data import default_cache_dir, load_mnist, to_float
-from mnistcnn.engine import fit, predict_logits
+from mnistcnn.engine import autocast, autocast_dtype, fit, predict_logits
 from mnistcnn.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,9 @@ def thread_throughput(data_dir: str, steps: int = 40) -> dict[int, float]:
             if step == 5:  # warm-up done
                 t0 = time.perf_counter()
             optimizer.zero_grad()
-            F.cross_entropy(model(images), labels).backward()
+            with autocast(torch.device("cpu"), cfg.train.amp):
+                loss = F.cross_entropy(model(images).float(), labels)
+            loss.backward()
             optimizer.step()
         rates[threads] = steps * len(labels) / (time.perf_counter() - t0)
     torch.set_num_threads(before)
@@ -237,7 +239,11 @@ def main() -> None:
             )
         )
 
-    print(f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    amp = autocast_dtype(torch.device("cpu"))
+    print(
+        f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"CPU autocast: {amp or 'off (no native bf16)'}"
+    )
     print("| measure | value | note |\n|---|---|---|")
     for row in rows:
         print(f"| {' | '.join(row)} |")

@@ -117,7 +117,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """Mixed precision on `device` if `enabled` and it pays off there (see autocast_dtype)."""
     dtype = autocast_dtype(device) if enabled else None
     if dtype is None:
         return contextlib.nullcontext()
@@ -190,7 +191,7 @@ def train_one_epoch(
         if augment is not None:
             images = random_affine(images, augment, generator)
         images = images.contiguous(memory_format=memory_format)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -230,7 +231,7 @@ def predict_logits(
         images = to_float(images.to(device, non_blocking=True)).contiguous(
             memory_format=memory_format
         )
-        with _autocast(device, amp):
+        with autocast(device, amp):
             outputs.append(model(images).float())
     return torch.cat(outputs)
 
