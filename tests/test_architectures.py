@@ -219,9 +219,12 @@ def test_init_from_a_different_network_lists_the_mismatches(tmp_path: Path) -> N
     with pytest.raises(CheckpointError) as caught:
         init_from(target, tmp_path / "source.pth")
     message = str(caught.value)
-    assert "features.2.first.0.weight (file (8, 4, 3, 3), model (16, 4, 3, 3))" in message
-    assert "missing in the file: features.0.se.gate.1.weight" in message
-    assert "not in this model: features.0.rest.0.0.weight" in message
+    assert (
+        "other shapes: features.2.first.0 (weight (8, 4, 3, 3) in the file, (16, 4, 3, 3) here)"
+        in message
+    )
+    assert "layers missing in the file: features.0.se.gate.1, features.0.se.gate.3," in message
+    assert message.endswith("layers not in this model: features.0.rest.0.0, features.0.rest.0.1")
     assert "\n" not in message
 
 
@@ -279,7 +282,7 @@ def test_cli_fine_tunes_with_frozen_features(
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith(f"mnistcnn: error: --init-from {tmp_path / 'other.pth'}: the weights")
-    assert "features.0.first.0.weight (file (4, 1, 3, 3), model (8, 1, 3, 3))" in err
+    assert "features.0.first.0 (weight (4, 1, 3, 3) in the file, (8, 1, 3, 3) here)" in err
     assert err.count("\n") == 1
 
 

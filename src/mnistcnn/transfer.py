@@ -23,24 +23,34 @@ def _shape(value: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, value.shape)) + ")"
 
 
+def _layers(keys: list[str]) -> list[str]:
+    """The distinct layers (module names) of state_dict keys, in order."""
+    return list(dict.fromkeys(key.rpartition(".")[0] for key in keys))
+
+
 def _listing(kind: str, items: list[str]) -> str:
     more = f", and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
     return f"{kind}: {', '.join(items[:_SHOWN])}{more}"
 
 
 def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
-    """What keeps `state`'s tensors from loading into `model`, one phrase per kind (or none)."""
+    """What keeps `state`'s tensors from loading into `model`, one phrase per kind (or none),
+    naming layers: those whose tensors differ in shape (with the first such tensor's shapes),
+    those missing from the file and those the model does not have."""
     own = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
     theirs = {k: v for k, v in state.items() if torch.is_tensor(v)}
-    shapes = [
-        f"{k} (file {_shape(theirs[k])}, model {_shape(v)})"
-        for k, v in own.items()
-        if k in theirs and theirs[k].shape != v.shape
+    shapes: dict[str, str] = {}
+    for key, value in own.items():
+        if key in theirs and theirs[key].shape != value.shape:
+            layer, _, name = key.rpartition(".")
+            shapes.setdefault(
+                layer, f"{layer} ({name} {_shape(theirs[key])} in the file, {_shape(value)} here)"
+            )
+    found = [
+        ("layers of other shapes", list(shapes.values())),
+        ("layers missing in the file", _layers([k for k in own if k not in theirs])),
+        ("layers not in this model", _layers([k for k in theirs if k not in own])),
     ]
-    missing = [k for k in own if k not in theirs]
-    extra = [k for k in theirs if k not in own]
-    found = [("other shapes", shapes), ("missing in the file", missing)]
-    found.append(("not in this model", extra))
     return [_listing(kind, items) for kind, items in found if items]
 
 
