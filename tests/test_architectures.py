@@ -177,20 +177,24 @@ def test_preset_builds_and_comments_every_value(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
-    ["{residual: true, convs_per_stage: [2, 2, 1]}", "{attention: both}"],
+    "sets",
+    [
+        # Two residual blocks per stage at tiny.yaml's Adam rate of 0.01 fluctuate between
+        # epochs (measured: 82.6 % after epoch 2, from a better epoch 1); 0.003 gives 92.2 %.
+        ("model={residual: true, convs_per_stage: [2, 2, 1]}", "optim.lr=0.003"),
+        ("model={attention: both}",),  # SE gates and spatial attention: 93.2 % measured
+    ],
     ids=["residual", "attention"],
 )
 def test_residual_and_attention_models_learn(
-    options: str, make_cfg: Callable[..., Any], small_data: Callable[[int], None]
+    sets: tuple[str, ...], make_cfg: Callable[..., Any], small_data: Callable[[int], None]
 ) -> None:
     small_data(1000)
-    cfg = make_cfg("data.subset=4000", "train.threads=1", f"model={options}")
-    name, kwargs = cfg.model.name, cfg.model.kwargs
-    assert name == "cnn" and kwargs["channels"] == (8, 16, 32)
+    cfg = make_cfg("train.threads=1", *sets)  # tiny.yaml: 8k images, 2 epochs
+    assert cfg.model.kwargs["channels"] == (8, 16, 32)
     result = fit(cfg, progress=False, log=lambda _: None)
-    # Chance is 10 %; configs/tiny.yaml's plain network gets ~90 % from these 4k images.
-    assert result["test_accuracy"] > 0.85, result
+    # Chance is 10 %; tiny.yaml's plain network gets 93.0 % on the full test set.
+    assert result["test_accuracy"] > 0.85, result["test_accuracy"]
 
 
 # --- transfer learning ----------------------------------------------------------------------
