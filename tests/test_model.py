@@ -94,6 +94,10 @@ def test_state_dict_describes_the_model() -> None:
         "batch_norm": True,
         "dropout": 0.1,
         "residual": False,
+        "norm": "batch",
+        "attention": "none",
+        "pool": "max",
+        "activation": "relu",
     }
     assert (extra["mean"], extra["std"]) == (0.2, 0.4)
     assert extra["meta"] == {}

@@ -42,6 +42,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         sets.append(f"train.run_name={json.dumps(args.run_name)}")
     if getattr(args, "run_dir", None) is not None:
         sets.append(f"train.run_dir={json.dumps(args.run_dir or None)}")
+    if getattr(args, "init_from", None):
+        sets.append(f"train.init_from={json.dumps(args.init_from)}")
+    if getattr(args, "freeze", None):
+        sets.append(f"train.freeze={args.freeze}")
     return sets
 
 
@@ -333,6 +337,16 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from mnistcnn.config import load_config
+    from mnistcnn.model import build_model, format_layer_table, layer_table
+
+    cfg = load_config(args.config, _overrides(args))
+    model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)
+    _print_json(layer_table(model)) if args.json else _stdout(format_layer_table(model))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -405,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="with --nproc: restart all processes up to K times if one fails, resuming",
+    )
+    train.add_argument(
+        "--init-from", metavar="PTH", help="start from this model's weights (train.init_from)"
+    )
+    train.add_argument(
+        "--freeze", choices=("none", "features"), help="train only the classifier (train.freeze)"
     )
     train.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     train.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -543,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = cfg_sub.add_parser("show", help="print the resolved config")
     _add_config_args(show)
     show.set_defaults(handler=cmd_config_show)
+
+    mdl = sub.add_parser("model", help="inspect the network a config builds")
+    mdl_sub = mdl.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    mshow = mdl_sub.add_parser("show", help="layer table: output shapes and parameter counts")
+    _add_config_args(mshow)
+    mshow.add_argument("--json", action="store_true", help="print the rows as JSON")
+    mshow.set_defaults(handler=cmd_model_show)
     return parser
 
 

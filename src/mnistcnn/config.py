@@ -50,6 +50,7 @@ def _check(ok: bool, key: str, rule: str) -> None:
 
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+FREEZE = ("none", "features")  # what `train.freeze` may stop training (see transfer.py)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class DataConfig:
     eval_batch_size: int = 1000
     mean: float = 0.1307
     std: float = 0.3081
+    invert: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,12 @@ class DataConfig:
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
         _check(self.std > 0, "data.std", "must be > 0")
+        augment = self.augment.degrees or self.augment.translate or self.augment.scale
+        _check(
+            not (self.invert and augment),
+            "data.invert",
+            "needs data.augment.degrees, translate and scale at 0 (augmentation pads with black)",
+        )
 
 
 @dataclass(frozen=True)
@@ -114,8 +122,11 @@ class TrainConfig:
     run_dir: str | None = "runs"
     run_name: str | None = None
     dist_timeout: float = 300.0
+    init_from: str | None = None
+    freeze: str = "none"
 
     def __post_init__(self) -> None:
+        _check(self.freeze in FREEZE, "train.freeze", f"must be one of {', '.join(FREEZE)}")
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
         _check(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")

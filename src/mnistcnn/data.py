@@ -202,6 +202,11 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, 
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
 
 
+def invert(split: Split) -> Split:
+    """Dark digits on a white background (`data.invert`): a shifted task for transfer learning."""
+    return Split(255 - split.images, split.labels)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], the models' input."""
     return images.unsqueeze(1).float().div_(255)

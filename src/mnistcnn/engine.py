@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn import config as config_mod
-from mnistcnn import distributed
+from mnistcnn import distributed, transfer
 from mnistcnn.calibrate import calibrate_model
 from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_state
 from mnistcnn.config import AugmentConfig, Config
@@ -32,6 +32,7 @@ from mnistcnn.data import (
     Split,
     default_cache_dir,
     eval_batches,
+    invert,
     load_mnist,
     random_affine,
     shard_loader,
@@ -89,7 +90,8 @@ def build_loss(cfg: Config) -> nn.Module:
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The configured `torch.optim` optimizer over the model's parameters."""
     cls = config_mod.optimizers()[cfg.optim.name]
-    return _construct("optim", cls, model.parameters(), **cfg.optim.kwargs)
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay out
+    return _construct("optim", cls, params, **cfg.optim.kwargs)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
@@ -372,11 +374,16 @@ def _train(
         load_mnist(cfg.data.root, train=True, download=cfg.data.download, cache=cache), cfg.data
     )
     test_split = load_mnist(cfg.data.root, train=False, download=cfg.data.download, cache=cache)
+    if cfg.data.invert:
+        train_split, val_split, test_split = map(invert, (train_split, val_split, test_split))
     train_split, val_split, test_split = (
         s.to(device) for s in (train_split, val_split, test_split)
     )
 
     model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)
+    if cfg.train.init_from and resume is None:
+        log(transfer.init_from(model, cfg.train.init_from))
+    transfer.freeze(model, cfg.train.freeze)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

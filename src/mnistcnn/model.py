@@ -7,10 +7,13 @@ the state_dict under `_extra_state` as plain data, so a saved `.pth` rebuilds it
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mnistcnn.errors import CheckpointError, ConfigError
@@ -68,7 +71,12 @@ class DigitNet(nn.Module):
 
     def set_extra_state(self, state: Any) -> None:
         describe(state)  # validates
-        if state["arch"] != self.arch or state["args"] != self.args:
+        # A file saved before an option existed lacks its key: compare with defaults filled in.
+        args = state["args"]
+        if state["arch"] == self.arch and isinstance(args, dict):
+            with contextlib.suppress(ConfigError):  # invalid args fail the comparison below
+                args = full_args(type(self), args)
+        if state["arch"] != self.arch or args != self.args:
             raise CheckpointError(
                 f"weights are for {state['arch']}{state['args']}, not {self.arch}{self.args}"
             )
@@ -128,40 +136,143 @@ class Baseline(DigitNet):
         return self.classifier(self.features(x))
 
 
-class ConvBlock(nn.Sequential):
-    """Conv -> BatchNorm -> ReLU, 'same' padding; the bias is redundant before BatchNorm."""
+NORMS = ("batch", "group", "layer", "none")
+ATTENTIONS = ("none", "se", "spatial", "both")
+POOLS = ("max", "avg", "strided")
+ACTIVATIONS = ("relu", "gelu", "silu")
+# GroupNorm's group count: the largest divisor of the width up to 8. Wu & He (2018) use 32, but
+# these layers are 8-128 channels wide; 8 keeps at least one channel per group at every width.
+GROUPS = 8
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, batch_norm: bool) -> None:
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, GroupNorm, LayerNorm over (C, H, W) (GroupNorm with one group), or nothing."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, GROUPS), channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+def _activation(kind: str) -> nn.Module:
+    if kind == "gelu":
+        return nn.GELU()
+    return nn.SiLU(inplace=True) if kind == "silu" else nn.ReLU(inplace=True)
+
+
+class ConvBlock(nn.Sequential):
+    """Conv -> norm -> activation, 'same' padding (`stride` 2 halves the side); the conv has no
+    bias when a norm follows, which subtracts the mean and adds its own shift."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        norm: str = "batch",
+        activation: str = "relu",
+        stride: int = 1,
+    ) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=not batch_norm),
-            nn.BatchNorm2d(cout) if batch_norm else nn.Identity(),
-            nn.ReLU(inplace=True),
+            nn.Conv2d(
+                cin, cout, kernel_size, stride, padding=kernel_size // 2, bias=norm == "none"
+            ),
+            _norm(norm, cout),
+            _activation(activation),
         )
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention (Hu et al. 2018): each channel is scaled by a gate in (0, 1) computed
+    from the means of all channels, so the network can turn feature maps up or down per image."""
+
+    def __init__(self, channels: int, activation: str = "relu", reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 4)  # the bottleneck; 4 keeps narrow stages useful
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),  # (N, C, 1, 1): one mean per channel
+            nn.Conv2d(channels, hidden, 1),
+            _activation(activation),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class SpatialAttention(nn.Module):
+    """Single-head self-attention across positions (a non-local block, Wang et al. 2018): every
+    pixel of the map mixes in the values of the pixels its query matches. The result is added
+    through a learned scale that starts at 0 (as in SAGAN), so the block begins as the identity
+    and the network lets global context in only as far as it helps."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(channels // 4, 4)  # query/key width: a similarity needs few dimensions
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # (N, H*W, inner)
+        k = self.key(x).flatten(2).transpose(1, 2)  # (N, H*W, inner)
+        v = self.value(x).flatten(2).transpose(1, 2)  # (N, H*W, C)
+        mixed = F.scaled_dot_product_attention(q, k, v)  # (N, H*W, C)
+        return x + self.scale * mixed.transpose(1, 2).reshape(n, c, h, w)
 
 
 class Stage(nn.Module):
-    """`convs` ConvBlocks at one resolution; with `residual`, blocks after the first add a skip."""
+    """`convs` ConvBlocks at one resolution; with `residual`, blocks after the first add a skip;
+    with `se`, a squeeze-excitation gate on the stage's output. `stride` 2 in the first block
+    downsamples (the `strided` pool)."""
 
     def __init__(
-        self, cin: int, cout: int, convs: int, kernel_size: int, batch_norm: bool, residual: bool
+        self,
+        cin: int,
+        cout: int,
+        convs: int,
+        kernel_size: int,
+        norm: str = "batch",
+        residual: bool = False,
+        activation: str = "relu",
+        se: bool = False,
+        stride: int = 1,
     ) -> None:
         super().__init__()
-        self.first = ConvBlock(cin, cout, kernel_size, batch_norm)
+        self.first = ConvBlock(cin, cout, kernel_size, norm, activation, stride)
         self.rest = nn.ModuleList(
-            ConvBlock(cout, cout, kernel_size, batch_norm) for _ in range(convs - 1)
+            ConvBlock(cout, cout, kernel_size, norm, activation) for _ in range(convs - 1)
         )
         self.residual = residual
+        self.se = SqueezeExcite(cout, activation) if se else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(x)
         for block in self.rest:
             x = x + block(x) if self.residual else block(x)
-        return x
+        return self.se(x)
+
+
+def _choose(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(valid)}")
 
 
 class CNN(DigitNet):
-    """The default: stages of BatchNorm conv blocks, 2x2 max-pool between stages, global average
-    pool, dropout, linear. 28 -> 14 -> 7 with three stages."""
+    """The default: stages of conv blocks (conv, norm, activation), a 2x2 downsampling between
+    stages, global average pool, dropout, linear. 28 -> 14 -> 7 with three stages.
+
+    Options (defaults = the original network, same state_dict keys and initial weights):
+    `norm` batch|group|layer|none; `residual` skips inside stages; `attention` none|se (a
+    squeeze-excitation gate per stage)|spatial (self-attention after the last stage)|both;
+    `pool` max|avg|strided (stride-2 first conv of the next stage); `activation` relu|gelu|silu.
+    `batch_norm: false` is the old spelling of `norm: none` (files saved before `norm` existed).
+    """
 
     arch = "cnn"
 
@@ -173,6 +284,10 @@ class CNN(DigitNet):
         batch_norm: bool = True,
         dropout: float = 0.1,
         residual: bool = False,
+        norm: str = "batch",
+        attention: str = "none",
+        pool: str = "max",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         if not channels or len(convs_per_stage) != len(channels) or min(convs_per_stage) < 1:
@@ -185,13 +300,34 @@ class CNN(DigitNet):
         _check_sizes(channels, [dropout])
         if len(channels) > 5:
             raise ConfigError("model: at most 5 stages (each halves the 28-pixel side)")
+        for key, value, valid in (
+            ("norm", norm, NORMS),
+            ("attention", attention, ATTENTIONS),
+            ("pool", pool, POOLS),
+            ("activation", activation, ACTIVATIONS),
+        ):
+            _choose(key, value, valid)
+        if not batch_norm:
+            if norm not in ("batch", "none"):
+                raise ConfigError(
+                    f"model: batch_norm: false contradicts norm: {norm}; set only model.norm"
+                )
+            norm = "none"
+        se = attention in ("se", "both")
         stages: list[nn.Module] = []
         cin = 1
         for i, (cout, convs) in enumerate(zip(channels, convs_per_stage, strict=True)):
-            if i:
-                stages.append(nn.MaxPool2d(2))
-            stages.append(Stage(cin, cout, convs, kernel_size, batch_norm, residual))
+            if i and pool != "strided":
+                stages.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
+            stride = 2 if i and pool == "strided" else 1
+            stages.append(
+                Stage(cin, cout, convs, kernel_size, norm, residual, activation, se, stride)
+            )
             cin = cout
+        if attention in ("spatial", "both"):
+            # After the last stage only: attention costs (H*W)^2 per image, 49^2 at 7x7 but
+            # 784^2 at 28x28, and a 7x7 map's positions already each see most of the digit.
+            stages.append(SpatialAttention(cin))
         self.features = nn.Sequential(*stages)  # (N, channels[-1], 28 / 2**(stages-1), ...)
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),  # (N, channels[-1], 1, 1)
@@ -207,20 +343,25 @@ class CNN(DigitNet):
 MODELS: dict[str, type[DigitNet]] = {cls.arch: cls for cls in (Baseline, CNN)}
 
 
+def full_args(cls: type[DigitNet], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with every default of `cls` filled in, tuples as lists (weights_only-safe)."""
+    try:
+        bound = inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    bound.apply_defaults()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()}
+
+
 def build_model(
     name: str, kwargs: dict[str, Any], mean: float = MNIST_MEAN, std: float = MNIST_STD
 ) -> DigitNet:
     """Build a registered model; its full arguments (defaults included) are recorded."""
     if name not in MODELS:
         raise ConfigError(f"model: unknown name {name!r}; valid: {', '.join(sorted(MODELS))}")
-    cls = MODELS[name]
-    try:
-        bound = inspect.signature(cls).bind(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"model: {exc}") from None
-    bound.apply_defaults()
-    model = cls(*bound.args, **bound.kwargs)
-    model.args = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()}
+    args = full_args(MODELS[name], kwargs)
+    model = MODELS[name](**args)
+    model.args = args
     model.mean, model.std = float(mean), float(std)
     return model
 
@@ -248,3 +389,78 @@ def model_from_state(state_dict: dict[str, Any]) -> DigitNet:
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
+    """The output-size arithmetic of a conv or pooling layer, e.g. `(14+2*1-3)//2+1 = 7`."""
+    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) or side_in == side_out == 1:
+        return ""
+
+    def first(value: Any) -> int:
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    k, s, p = first(module.kernel_size), first(module.stride), first(module.padding)
+    assert conv_out(side_in, k, s, p) == side_out, (module, side_in, side_out)
+    return f"({side_in}+2*{p}-{k})//{s}+1 = {side_out}"
+
+
+@torch.no_grad()
+def layer_table(model: DigitNet) -> list[dict[str, Any]]:
+    """One row per layer, in definition order: name, type, output shape of a dummy forward
+    (batch dimension as N), the side arithmetic of convs and pools, and the layer's own
+    parameters (so the column sums to the model's total). Containers and identities are left
+    out."""
+    rows: dict[str, dict[str, Any]] = {}
+    hooks = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+            shape = ("N", *output.shape[1:]) if torch.is_tensor(output) else ()
+            side_in = inputs[0].shape[-1] if inputs and inputs[0].dim() == 4 else 0
+            formula = _side_formula(module, side_in, output.shape[-1]) if side_in else ""
+            rows[name].update(shape=shape, arithmetic=formula)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if not name or type(module) in (nn.Sequential, nn.ModuleList, ConvBlock, nn.Identity):
+            continue
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        rows[name] = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
+        rows[name]["arithmetic"] = ""
+        hooks.append(module.register_forward_hook(record(name)))
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return list(rows.values())
+
+
+def format_layer_table(model: DigitNet) -> str:
+    """`layer_table` as aligned text with the input shape first and the totals last."""
+    rows = layer_table(model)
+    lines = [("layer", "type", "output shape", "params", "side: (in+2p-k)//s+1")]
+    lines.append(("input", "", f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE})", "", ""))
+    for row in rows:
+        depth = sum(row["name"].startswith(other["name"] + ".") for other in rows)
+        indent = "  " * depth
+        params = f"{row['params']:,}" if row["params"] else ""
+        shape = "(" + ", ".join(map(str, row["shape"])) + ")" if row["shape"] else "-"
+        lines.append((indent + row["name"], row["type"], shape, params, row["arithmetic"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    out = [
+        "  ".join(
+            cell.rjust(w) if i == 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
+    total = sum(p.numel() for p in model.parameters())
+    out.append(
+        f"{model.arch}: {total:,} parameters ({count_parameters(model):,} trainable); "
+        f"args {model.args}"
+    )
+    return "\n".join(out)
