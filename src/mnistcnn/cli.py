@@ -108,9 +108,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.data import default_cache_dir, load_mnist
     from mnistcnn.engine import predict_logits, resolve_device
     from mnistcnn.metrics import classification_report, format_report
+    from mnistcnn.model import fuse
 
     device = resolve_device(args.device or "auto")
-    model = load_model(args.model, device).to(memory_format=torch.channels_last)
+    # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
+    model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
     data = {"download": not args.no_download}
     test = load_mnist(args.data_dir, train=False, cache=default_cache_dir(), **data).to(device)
     logits = predict_logits(model, test, args.batch_size, device, channels_last=True)

@@ -22,12 +22,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from mnistcnn import __version__
 from mnistcnn.checkpoint import atomic_write, load_model
 from mnistcnn.errors import ExportError
-from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet
+from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, fuse
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)
@@ -99,37 +98,6 @@ def _require(module: str) -> Any:
 def count_batchnorms(model: nn.Module) -> int:
     """BatchNorm layers in `model`."""
     return sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
-
-
-def _fold(layer: nn.Module, norm: nn.Module) -> nn.Module | None:
-    """`layer` with `norm` folded in, or None when the pair does not fold."""
-    if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-        fold: Callable[[Any, Any], nn.Module] = fuse_conv_bn_eval
-    elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
-        fold = fuse_linear_bn_eval
-    else:
-        return None
-    # Folding in float64 keeps the new weights' rounding well below the 1e-5 the fused model's
-    # logits may differ by; the layer then runs in its own dtype again.
-    dtype = layer.weight.dtype
-    return fold(layer.double(), norm.double()).to(dtype)
-
-
-def fuse(model: Module) -> Module:
-    """A copy for inference with every BatchNorm folded into the Conv2d or Linear before it.
-
-    Every model keeps its layers in `nn.Sequential`s (a ConvBlock is Conv2d, BatchNorm2d or
-    Identity, ReLU), so a foldable pair is two neighbours in one; the BatchNorm becomes Identity.
-    """
-    fused = copy.deepcopy(model).eval()
-    for seq in fused.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            folded = _fold(seq[i], seq[i + 1])
-            if folded is not None:
-                seq[i], seq[i + 1] = folded, nn.Identity()
-    return fused
 
 
 def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str, str]:
