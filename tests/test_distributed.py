@@ -8,6 +8,7 @@ each process draws, and can SIGKILL one process mid-epoch to play a crashed mach
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ SETS = [  # tiny.yaml with a one-cycle schedule: ~93 % test accuracy, seeds with
 
 PROBE = """
 import os
+import signal
 if os.environ.get("RANK") is not None and os.environ.get("MNISTCNN_PROBE"):
     import signal
     from mnistcnn.data import TensorDigits
@@ -241,3 +243,29 @@ def test_nproc_checks_the_config_once_before_starting(tmp_path: Path, capsys: An
     code = main(["train", "-o", str(out), "--nproc", "2"])
     assert code == 1
     assert capsys.readouterr().err.count("already exists") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_with_one_message(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stopped.pth"
+    args = [*_train_args(data_dir, out), "--set=train.epochs=50", "--nproc", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistcnn", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=Path(__file__).resolve().parents[1],
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch   1/50"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out_text, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["mnistcnn: interrupted"]
+    assert f"mnistcnn train --nproc 2 --resume {out.with_suffix('.ckpt')}" in out_text
+    assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["epoch"] >= 1

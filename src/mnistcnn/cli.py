@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -589,5 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stderr(f"mnistcnn: error: {exc}")
         return 1
     except KeyboardInterrupt:
-        _stderr("mnistcnn: interrupted")
+        if os.environ.get("RANK", "0") == "0":  # one line for a distributed run, not N
+            _stderr("mnistcnn: interrupted")
         return 130

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -184,13 +185,16 @@ def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0)
 
     Each process gets an equal share of the CPU threads unless OMP_NUM_THREADS is set. If one
     process fails, torchrun's agent stops the others (and, with `max_restarts`, starts them all
-    again: with --resume in ARGV they go on from the last finished epoch).
+    again; restarted, `train` resumes from the last finished epoch by itself).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name, logger in logging.root.manager.loggerDict.items():  # the agent's own chatter
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -203,6 +207,10 @@ def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0)
     )
     try:
         elastic_launch(config, sys.executable)("-m", "mnistcnn", *argv)
+    except SignalException as exc:  # the agent was interrupted: it has stopped the processes
+        if exc.sigval == signal.SIGINT:  # Ctrl-C: rank 0 has said what is saved
+            return 130
+        raise TrainingError(f"training stopped by signal {exc.sigval.name}") from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode

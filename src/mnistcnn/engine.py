@@ -540,8 +540,9 @@ def _train(
             log(
                 f"interrupted in epoch {history[-1]['epoch'] + 1}: the best model so far "
                 f"(epoch {best['epoch']}) "
-                f"is in {paths['model']}; continue with: mnistcnn train --resume "
-                f"{paths['checkpoint']}"
+                f"is in {paths['model']}; continue with: mnistcnn train "
+                f"{f'--nproc {world.size} ' if world.distributed else ''}"
+                f"--resume {paths['checkpoint']}"
             )
         else:
             log(f"interrupted in epoch {epoch}, before any epoch finished: nothing saved")
