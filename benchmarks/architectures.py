@@ -7,7 +7,7 @@
 1. Every `configs/arch/*.yaml` trains with the same budget (epochs, training subset, width
    factor) and the same seeds; the table gives parameters, best validation accuracy, the test
    accuracy of that epoch's weights (mean and spread over the seeds) and seconds per epoch
-   (training plus the validation pass) on this machine.
+   (training plus the validation pass; the median over the seeds) on this machine.
 2. Transfer: `plain`'s seed-0 model (trained on ordinary MNIST in step 1) is fine-tuned on
    `configs/transfer/inverted.yaml` (dark-on-white digits; 100, 200 and 500 labelled training
    images), all layers or the classifier alone, against the same network trained from scratch
@@ -107,7 +107,8 @@ def architectures(args: argparse.Namespace, folder: Path) -> tuple[list[str], Pa
             f"| `{path.stem}` | {idea(path)} | {runs[0]['parameters']:,} "
             f"| {spread([r['val_accuracy'] for r in runs])} "
             f"| {spread([r['test_accuracy'] for r in runs])} "
-            f"| {statistics.mean(r['epoch_seconds'] for r in runs):.1f} |"
+            # The median over the seeds: the run's first training also sets up the kernels.
+            f"| {statistics.median(r['epoch_seconds'] for r in runs):.1f} |"
         )
     return rows, pretrained
 
