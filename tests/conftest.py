@@ -233,3 +233,31 @@ def _restore_torch_threads() -> Iterator[None]:
 def draw() -> Callable[..., None]:
     """The `draw_digit` helper, for tests that make their own images."""
     return draw_digit
+
+
+# The browser tests drive Debian's chromium; Playwright never downloads a browser here
+# (`.ci/run` installs chromium when it is absent).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless chromium through Playwright, shared by the browser tests."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install '.[dev]'"
+    )
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -7,7 +7,6 @@ downloads a browser here: it launches /usr/bin/chromium (`.ci/run` installs it w
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,11 @@ sync_api = pytest.importorskip(
 from mnistcnn.figures import SIZES  # noqa: E402
 from mnistcnn.report import FIGURES, report  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
 def report_page(tiny_run: dict, data_dir: Path, tmp_path_factory: Any) -> Path:
     out = tmp_path_factory.mktemp("html-report")
     return report(tiny_run["run_dir"], out, data_dir)["html"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_report_page_shows_every_figure(

@@ -23,16 +23,6 @@ sync_api = pytest.importorskip(
 from mnistcnn.checkpoint import load_model  # noqa: E402
 from mnistcnn.serve import bind, create_app, server, url  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 # A 7 on the 280-px canvas, as fractions of its side: the top bar, then the long diagonal.
 SEVEN = [[(0.25, 0.22), (0.75, 0.22)], [(0.75, 0.22), (0.42, 0.85)]]
 
@@ -53,16 +43,6 @@ def live_url(digit_model_run: dict) -> Iterator[str]:
     srv.should_exit = True
     thread.join(15)
     sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
