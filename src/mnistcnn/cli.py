@@ -58,18 +58,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     state = None
     world = distributed.from_env()
-    if world.distributed and not args.resume and distributed.restarted():
+    resume = args.resume
+    if not resume and world.distributed and distributed.restarted():
         # torchrun started the processes again after one failed: go on from the last epoch.
-        cfg = load_config(args.config, _overrides(args))
-        checkpoint = output_paths(cfg)["checkpoint"]
-        if checkpoint.is_file():
-            args.resume, args.config, args.set, args.output = str(checkpoint), None, [], None
-    if args.resume:
-        if args.config or args.set or args.output:
+        checkpoint = output_paths(load_config(args.config, _overrides(args)))["checkpoint"]
+        resume = str(checkpoint) if checkpoint.is_file() else None
+    if resume:
+        if args.resume and (args.config or args.set or args.output):
             raise ConfigError(
                 "--resume continues a run with its saved config: drop --config/--set/-o"
             )
-        state = load_training_state(args.resume)
+        state = load_training_state(resume)
         # The model goes beside its checkpoint, wherever the run is resumed from.
         output = Path(state["path"]).with_suffix(".pth")
         sets = [*_overrides(args), f"train.output={json.dumps(str(output))}"]
@@ -446,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--tta",
         action="store_true",
-        help="also measure test-time augmentation (probabilities averaged over 7 small moves)",
+        help="also measure test-time augmentation (logits averaged over 7 small moves)",
     )
     ev.set_defaults(handler=cmd_eval)
 

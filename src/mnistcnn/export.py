@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch import nn
 from mnistcnn import __version__
 from mnistcnn.checkpoint import atomic_write, load_model
 from mnistcnn.errors import ExportError
-from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, fuse
+from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)
@@ -49,7 +49,6 @@ NOISE_IMAGES = 256
 _BATCH = 1000
 
 Runner = Callable[[np.ndarray], np.ndarray]
-Module = TypeVar("Module", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,6 @@ def _require(module: str) -> Any:
         raise ExportError(
             f"exporting needs {module.split('.')[0]}: pip install 'mnistcnn[export]'"
         ) from None
-
-
-def count_batchnorms(model: nn.Module) -> int:
-    """BatchNorm layers in `model`."""
-    return sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
 
 
 def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str, str]:

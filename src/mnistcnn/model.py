@@ -472,6 +472,11 @@ def format_layer_table(model: DigitNet) -> str:
 Module = TypeVar("Module", bound=nn.Module)
 
 
+def count_batchnorms(model: nn.Module) -> int:
+    """BatchNorm layers in `model` (what `fuse` folds away)."""
+    return sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
+
+
 def _fold(layer: nn.Module, norm: nn.Module) -> nn.Module | None:
     """`layer` with `norm` folded in, or None when the pair does not fold."""
     if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
