@@ -25,8 +25,11 @@ from mnistcnn.model import (
     ATTENTIONS,
     NORMS,
     POOLS,
+    GlobalAvgPool,
     build_model,
+    count_batchnorms,
     count_parameters,
+    fuse,
     layer_table,
     model_from_state,
 )
@@ -120,6 +123,80 @@ def test_layer_table_shows_the_size_arithmetic(pool: str, sides: list[int]) -> N
     assert convs[3]["arithmetic"] == (
         "(7+2*1-3)//2+1 = 4" if pool == "strided" else "(3+2*1-3)//1+1 = 3"
     )
+
+
+@pytest.mark.parametrize(("pool", "stem"), [("max", 0), ("avg", 0), ("max", 8)])
+def test_pool_before_norm_and_stem_keep_the_sides_and_train(pool: str, stem: int) -> None:
+    torch.manual_seed(0)
+    options = {"channels": (4, 8, 8), "convs_per_stage": (1, 2, 1), "pool": pool}
+    model = build_model("cnn", {**options, "pool_before_norm": True, "stem": stem}).train()
+    rows = layer_table(model)
+    stages = [row["shape"][-1] for row in rows if row["type"] == "Stage"]
+    assert stages == ([7, 3, 3] if stem else [14, 7, 7])  # each stage ends pooled but the last
+    blocks = [r["type"] for r in rows if r["name"].startswith(f"features.{1 + bool(stem)}.rest.0.")]
+    assert blocks == [
+        "Conv2d",
+        "MaxPool2d" if pool == "max" else "AvgPool2d",
+        "BatchNorm2d",
+        "ReLU",
+    ]
+    if stem:
+        assert rows[0]["type"] == "Conv2d" and rows[0]["arithmetic"] == "(28+2*1-3)//2+1 = 14"
+    torch.nn.functional.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.arange(4)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def _random_statistics(model: torch.nn.Module, low: float) -> None:
+    """BatchNorm running statistics and affine parameters far from their identity defaults;
+    scales drawn from (low, 1)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(low, 1)
+                m.bias.uniform_(-1, 1)
+
+
+@pytest.mark.parametrize(("pool", "low", "left"), [("max", 0.1, 0), ("avg", -1, 0), ("max", -1, 2)])
+def test_fuse_folds_across_a_pool_only_where_they_commute(pool: str, low: float, left: int) -> None:
+    # A BatchNorm folds into the conv before a pool when the pool commutes with its per-channel
+    # affine map: always for an average, for a max only if every scale is positive. The two
+    # pooled blocks with a negative scale somewhere keep their BatchNorm; the logits never change.
+    torch.manual_seed(0)
+    options = {"channels": (8, 16, 16), "convs_per_stage": (1, 2, 1), "pool": pool}
+    model = build_model("cnn", {**options, "pool_before_norm": True}).eval()
+    _random_statistics(model, low)
+    images = torch.rand(16, 1, 28, 28)
+    fused = fuse(model)
+    assert count_batchnorms(fused) == left
+    torch.testing.assert_close(fused(images), model(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pool": "strided"}, "pool_before_norm needs pool max or avg"),
+        ({"residual": True}, "pool_before_norm needs pool max or avg and no residual"),
+        ({"stem": -1}, "stem must be >= 0 channels"),
+        ({"channels": (2,) * 5, "convs_per_stage": (1,) * 5, "stem": 4}, "4 with a stem"),
+    ],
+)
+def test_pool_before_norm_and_stem_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model("cnn", {**TINY, "pool_before_norm": "stem" not in options, **options})
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_global_avg_pool_is_adaptive_avg_pool_that_keeps_the_gradient_layout(
+    layout: torch.memory_format,
+) -> None:
+    x = torch.randn(4, 16, 7, 7).contiguous(memory_format=layout).requires_grad_()
+    out = GlobalAvgPool()(x)
+    torch.testing.assert_close(out, torch.nn.functional.adaptive_avg_pool2d(x, 1))
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    assert grad.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(grad, (2 * out / 49).expand_as(x))
 
 
 # --- model show -----------------------------------------------------------------------------

@@ -337,7 +337,17 @@ def test_eval_unusable_device_exits_1(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["0", "-5"])
+def test_eval_amp_answers_as_float32_within_a_few_images(
+    capsys: pytest.CaptureFixture[str], tiny_run: dict, data_dir: Path
+) -> None:
+    code, out, _ = cli(capsys, "eval", tiny_run["path"], "--data-dir", data_dir, "--json", "--amp")
+    assert code == 0
+    # bf16 on CPUs that have it (float32 elsewhere): a few borderline answers may change.
+    assert json.loads(out)["accuracy"] == pytest.approx(tiny_run["test_accuracy"], abs=0.003)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["-5", "many"])
 def test_eval_bad_batch_size_is_a_usage_or_user_error(
     capsys: pytest.CaptureFixture[str], tiny_run: dict, data_dir: Path, size: str
 ) -> None:

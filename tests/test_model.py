@@ -9,14 +9,20 @@ import pytest
 import torch
 
 from mnistcnn.checkpoint import save_model
+from mnistcnn.data import Split
+from mnistcnn.engine import predict_logits
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model import (
+    CPU_BATCH_BYTES,
+    DEVICE_BATCH,
     FORMAT_VERSION,
     MODELS,
     NUM_CLASSES,
     build_model,
     conv_out,
     count_parameters,
+    inference_batch,
+    largest_map,
     model_from_state,
 )
 
@@ -98,6 +104,8 @@ def test_state_dict_describes_the_model() -> None:
         "attention": "none",
         "pool": "max",
         "activation": "relu",
+        "pool_before_norm": False,
+        "stem": 0,
     }
     assert (extra["mean"], extra["std"]) == (0.2, 0.4)
     assert extra["meta"] == {}
@@ -184,3 +192,29 @@ def test_count_parameters() -> None:
     # conv 1->2 (3x3) + conv 2->3 (3x3) + fc 3*12*12->4 + fc 4->10, with biases
     expected = (9 * 2 + 2) + (9 * 2 * 3 + 3) + (3 * 144 * 4 + 4) + (4 * 10 + 10)
     assert count_parameters(model) == expected
+
+
+def test_inference_batches_are_sized_to_the_largest_feature_map() -> None:
+    fast = {"stem": 16, "channels": (32, 64), "convs_per_stage": (2, 1), "pool_before_norm": True}
+    model = build_model("cnn", fast).train()
+    assert largest_map(model) == 32 * 14 * 14  # the 14 px convs' outputs, before their pool
+    assert model.training  # measured in eval mode, the mode left as it was
+    cpu = torch.device("cpu")
+    assert inference_batch(model, cpu) == CPU_BATCH_BYTES // (32 * 14 * 14 * 4)
+    assert inference_batch(model, cpu, views=7) == CPU_BATCH_BYTES // (7 * 32 * 14 * 14 * 4)
+    assert inference_batch(model, torch.device("cuda")) == DEVICE_BATCH  # no CUDA needed to ask
+    wide = build_model("cnn", {"channels": (512,), "convs_per_stage": (1,)})
+    assert inference_batch(wide, cpu) == 16  # a floor, however wide the maps
+    tiny = build_model("cnn", {"channels": (1,), "convs_per_stage": (1,), "stem": 1})
+    assert inference_batch(tiny, cpu) == DEVICE_BATCH  # a ceiling, however small
+
+
+def test_the_batch_size_does_not_change_the_logits() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": (8, 16), "convs_per_stage": (1, 1)}).eval()
+    images = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8)
+    split = Split(images, torch.zeros(300, dtype=torch.long))
+    cpu = torch.device("cpu")
+    auto = predict_logits(model, split, 0, cpu)
+    torch.testing.assert_close(predict_logits(model, split, 7, cpu), auto)
+    torch.testing.assert_close(predict_logits(model, split, 300, cpu), auto)

@@ -115,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
     data = {"download": not args.no_download}
     test = load_mnist(args.data_dir, train=False, cache=default_cache_dir(), **data).to(device)
-    logits = predict_logits(model, test, args.batch_size, device, channels_last=True)
+    logits = predict_logits(model, test, args.batch_size, device, amp=args.amp, channels_last=True)
     report = classification_report(logits, test.labels)
     report["calibration"] = evaluate_calibration(
         model,
@@ -349,6 +349,9 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     return 0
 
 
+BATCH_HELP = "images per batch (default 0: sized to the CPU's caches, 1000 on a GPU)"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -436,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", metavar="MODEL.pth")
     ev.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
     ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    ev.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N")
+    ev.add_argument("--batch-size", type=_non_negative_int, default=0, metavar="N", help=BATCH_HELP)
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument(
@@ -447,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure test-time augmentation (logits averaged over 7 small moves)",
     )
+    ev.add_argument(
+        "--amp",
+        action="store_true",
+        help="bfloat16/float16 autocast where the device runs it natively: ~1.6x faster on "
+        "such CPUs, but a few borderline answers may differ from the float32 ones",
+    )
     ev.set_defaults(handler=cmd_eval)
 
     ca = sub.add_parser(
@@ -455,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("model", metavar="MODEL.pth")
     ca.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
     ca.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    ca.add_argument("--batch-size", type=_positive_int, default=2000, metavar="N")
+    ca.add_argument("--batch-size", type=_non_negative_int, default=0, metavar="N", help=BATCH_HELP)
     ca.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     ca.add_argument("--json", action="store_true", help="print the result as JSON")
     ca.set_defaults(handler=cmd_calibrate)

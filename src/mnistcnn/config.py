@@ -78,7 +78,7 @@ class DataConfig:
     split_seed: int = 0
     subset: int = 0
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 0
     mean: float = 0.1307
     std: float = 0.3081
     invert: bool = False
@@ -88,7 +88,11 @@ class DataConfig:
         _check(1 <= self.val_size < 60000, "data.val_size", "must be in [1, 59999]")
         _check(self.subset >= 0, "data.subset", "must be >= 0 (0 = the whole training split)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+        _check(
+            self.eval_batch_size >= 0,
+            "data.eval_batch_size",
+            "must be >= 0 (0 = sized to the CPU's caches, 1000 on a GPU)",
+        )
         _check(self.std > 0, "data.std", "must be > 0")
         augment = self.augment.degrees or self.augment.translate or self.augment.scale
         _check(

@@ -27,6 +27,12 @@ NUM_CLASSES = 10
 IMAGE_SIZE = 28
 # Bumped when the extra state changes meaning; a newer file is refused, not misread.
 FORMAT_VERSION = 1
+# On a CPU, inference runs 2-2.5x slower once a batch's largest feature map outgrows the caches
+# (2-core EPYC: fast.yaml's model 52k -> 23k images/s between 3 and 6 MiB, base.yaml's 10k -> 5k
+# between 6 and 10 MiB), so batches are sized to keep that map within this many bytes.
+CPU_BATCH_BYTES = 4 * 2**20
+# On an accelerator, big batches keep it busy.
+DEVICE_BATCH = 1000
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -167,7 +173,8 @@ def _activation(kind: str) -> nn.Module:
 
 class ConvBlock(nn.Sequential):
     """Conv -> norm -> activation, 'same' padding (`stride` 2 halves the side); the conv has no
-    bias when a norm follows, which subtracts the mean and adds its own shift."""
+    bias when a norm follows, which subtracts the mean and adds its own shift. A `pool` given
+    goes between the conv and the norm."""
 
     def __init__(
         self,
@@ -177,14 +184,34 @@ class ConvBlock(nn.Sequential):
         norm: str = "batch",
         activation: str = "relu",
         stride: int = 1,
+        pool: nn.Module | None = None,
     ) -> None:
-        super().__init__(
-            nn.Conv2d(
-                cin, cout, kernel_size, stride, padding=kernel_size // 2, bias=norm == "none"
-            ),
-            _norm(norm, cout),
-            _activation(activation),
+        conv = nn.Conv2d(
+            cin, cout, kernel_size, stride, padding=kernel_size // 2, bias=norm == "none"
         )
+        pooled = [conv] if pool is None else [conv, pool]
+        super().__init__(*pooled, _norm(norm, cout), _activation(activation))
+
+
+class GlobalAvgPool(nn.Module):
+    """(N, C, H, W) -> (N, C, 1, 1), the mean of each map, as AdaptiveAvgPool2d(1) but with a
+    backward that keeps the input's layout. On a channels_last input, AdaptiveAvgPool2d's
+    gradient comes back NCHW, and the backward of the ReLU before it, on mixed layouts, runs
+    30x slower (7 % of a fast.yaml training step on CPU); a mean over the permuted (N, H, W, C)
+    view keeps channels_last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _global_mean(x)
+
+
+def _global_mean(x: torch.Tensor) -> torch.Tensor:
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.adaptive_avg_pool2d(x, 1)
+    return x.permute(0, 2, 3, 1).mean((1, 2))[:, :, None, None]
+
+
+# Symbolic tracing (int8 export) keeps the layout test above as one opaque call.
+torch.fx.wrap("_global_mean")
 
 
 class SqueezeExcite(nn.Module):
@@ -195,7 +222,7 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 4)  # the bottleneck; 4 keeps narrow stages useful
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),  # (N, C, 1, 1): one mean per channel
+            GlobalAvgPool(),  # (N, C, 1, 1): one mean per channel
             nn.Conv2d(channels, hidden, 1),
             _activation(activation),
             nn.Conv2d(hidden, channels, 1),
@@ -232,7 +259,7 @@ class SpatialAttention(nn.Module):
 class Stage(nn.Module):
     """`convs` ConvBlocks at one resolution; with `residual`, blocks after the first add a skip;
     with `se`, a squeeze-excitation gate on the stage's output. `stride` 2 in the first block
-    downsamples (the `strided` pool)."""
+    downsamples (the `strided` pool); a `pool` goes inside the last block, after its conv."""
 
     def __init__(
         self,
@@ -245,11 +272,15 @@ class Stage(nn.Module):
         activation: str = "relu",
         se: bool = False,
         stride: int = 1,
+        pool: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.first = ConvBlock(cin, cout, kernel_size, norm, activation, stride)
+        self.first = ConvBlock(
+            cin, cout, kernel_size, norm, activation, stride, pool if convs == 1 else None
+        )
         self.rest = nn.ModuleList(
-            ConvBlock(cout, cout, kernel_size, norm, activation) for _ in range(convs - 1)
+            ConvBlock(cout, cout, kernel_size, norm, activation, pool=pool if i == convs else None)
+            for i in range(2, convs + 1)
         )
         self.residual = residual
         self.se = SqueezeExcite(cout, activation) if se else nn.Identity()
@@ -259,6 +290,10 @@ class Stage(nn.Module):
         for block in self.rest:
             x = x + block(x) if self.residual else block(x)
         return self.se(x)
+
+
+def _pool(kind: str) -> nn.Module:
+    return nn.MaxPool2d(2) if kind == "max" else nn.AvgPool2d(2)
 
 
 def _choose(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -273,7 +308,13 @@ class CNN(DigitNet):
     Options (defaults = the original network, same state_dict keys and initial weights):
     `norm` batch|group|layer|none; `residual` skips inside stages; `attention` none|se (a
     squeeze-excitation gate per stage)|spatial (self-attention after the last stage)|both;
-    `pool` max|avg|strided (stride-2 first conv of the next stage); `activation` relu|gelu|silu.
+    `pool` max|avg|strided (stride-2 first conv of the next stage); `pool_before_norm` moves a
+    max or avg pool inside the stage before it, between its last conv and that conv's norm and
+    activation, which then run on a quarter of the pixels (at inference the same function when
+    the norm's scales are positive, see `fuse`); `stem` > 0 puts a stride-2 conv block with that
+    many channels before the first stage, which then starts at 14 px: no 28 px feature map but
+    that one conv's (fast.yaml uses both; measured in benchmarks/speed.py);
+    `activation` relu|gelu|silu.
     `batch_norm: false` is the old spelling of `norm: none` (files saved before `norm` existed).
     """
 
@@ -291,6 +332,8 @@ class CNN(DigitNet):
         attention: str = "none",
         pool: str = "max",
         activation: str = "relu",
+        pool_before_norm: bool = False,
+        stem: int = 0,
     ) -> None:
         super().__init__()
         if not channels or len(convs_per_stage) != len(channels) or min(convs_per_stage) < 1:
@@ -301,8 +344,12 @@ class CNN(DigitNet):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"model: kernel_size must be odd and positive, not {kernel_size}")
         _check_sizes(channels, [dropout])
-        if len(channels) > 5:
-            raise ConfigError("model: at most 5 stages (each halves the 28-pixel side)")
+        if stem < 0:
+            raise ConfigError(f"model: stem must be >= 0 channels (0: no stem), not {stem}")
+        if len(channels) > (4 if stem else 5):
+            raise ConfigError(
+                "model: at most 5 stages, 4 with a stem (each halves the 28-pixel side)"
+            )
         for key, value, valid in (
             ("norm", norm, NORMS),
             ("attention", attention, ATTENTIONS),
@@ -316,15 +363,25 @@ class CNN(DigitNet):
                     f"model: batch_norm: false contradicts norm: {norm}; set only model.norm"
                 )
             norm = "none"
+        if pool_before_norm and (pool == "strided" or residual):
+            raise ConfigError(
+                "model: pool_before_norm needs pool max or avg and no residual (a skip adds the "
+                "unpooled input)"
+            )
         se = attention in ("se", "both")
         stages: list[nn.Module] = []
         cin = 1
+        if stem:
+            stages.append(ConvBlock(1, stem, kernel_size, norm, activation, stride=2))
+            cin = stem
+        last = len(channels) - 1
         for i, (cout, convs) in enumerate(zip(channels, convs_per_stage, strict=True)):
-            if i and pool != "strided":
-                stages.append(nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2))
+            if i and pool != "strided" and not pool_before_norm:
+                stages.append(_pool(pool))
             stride = 2 if i and pool == "strided" else 1
+            inner = _pool(pool) if pool_before_norm and i < last else None
             stages.append(
-                Stage(cin, cout, convs, kernel_size, norm, residual, activation, se, stride)
+                Stage(cin, cout, convs, kernel_size, norm, residual, activation, se, stride, inner)
             )
             cin = cout
         if attention in ("spatial", "both"):
@@ -333,7 +390,7 @@ class CNN(DigitNet):
             stages.append(SpatialAttention(cin))
         self.features = nn.Sequential(*stages)  # (N, channels[-1], 28 / 2**(stages-1), ...)
         self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),  # (N, channels[-1], 1, 1)
+            GlobalAvgPool(),  # (N, channels[-1], 1, 1)
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(cin, NUM_CLASSES),
@@ -387,6 +444,37 @@ def model_from_state(state_dict: dict[str, Any]) -> DigitNet:
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise CheckpointError(f"weights do not fit the {info['arch']} model: {detail}") from None
     return model
+
+
+@torch.no_grad()
+def largest_map(model: nn.Module) -> int:
+    """Elements of the largest tensor a module of `model` outputs for one image."""
+    sizes = [IMAGE_SIZE * IMAGE_SIZE]
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        if torch.is_tensor(output):
+            sizes.append(output[0].numel())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    was_training = model.training
+    try:
+        device = next(model.parameters()).device
+        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return max(sizes)
+
+
+def inference_batch(model: nn.Module, device: torch.device, views: int = 1) -> int:
+    """Images per inference batch, each run as `views` copies: on CPU as many as keep the
+    batch's largest float32 feature map within CPU_BATCH_BYTES (16 at least), elsewhere
+    DEVICE_BATCH."""
+    if device.type != "cpu":
+        return max(DEVICE_BATCH // views, 1)
+    per_image = largest_map(model) * 4 * views
+    return max(min(CPU_BATCH_BYTES // per_image, DEVICE_BATCH), 16)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -497,13 +585,23 @@ def fuse(model: Module) -> Module:
 
     Every model keeps its layers in `nn.Sequential`s (a ConvBlock is Conv2d, BatchNorm2d or
     Identity, ReLU), so a foldable pair is two neighbours in one; the BatchNorm becomes Identity.
+    A pool between them (`pool_before_norm`) commutes with the BatchNorm's per-channel affine
+    map when it is an average, or a max and every scale is positive; otherwise the pair stays.
     """
     fused = copy.deepcopy(model).eval()
     for seq in fused.modules():
         if not isinstance(seq, nn.Sequential):
             continue
         for i in range(len(seq) - 1):
-            folded = _fold(seq[i], seq[i + 1])
+            j = i + 2 if i + 2 < len(seq) and _commutes(seq[i + 1], seq[i + 2]) else i + 1
+            folded = _fold(seq[i], seq[j])
             if folded is not None:
-                seq[i], seq[i + 1] = folded, nn.Identity()
+                seq[i], seq[j] = folded, nn.Identity()
     return fused
+
+
+def _commutes(pool: nn.Module, norm: nn.Module) -> bool:
+    """Whether `norm(pool(x)) == pool(norm(x))` for a BatchNorm2d `norm` in eval mode."""
+    if not isinstance(norm, nn.BatchNorm2d) or not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
+        return False
+    return isinstance(pool, nn.AvgPool2d) or norm.weight is None or bool((norm.weight > 0).all())

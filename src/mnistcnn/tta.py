@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistcnn.model import inference_batch
+
 # (degrees, zoom, dx px, dy px) per view. One-pixel shifts and +-10 degrees are the jitter a
 # centre-of-mass crop and a slanted hand give (MNIST itself is centred to about a pixel); more
 # or larger moves start to turn a 1 into a 7 and cost more time than they return.
@@ -55,8 +57,9 @@ def images_view_logits(
     model: nn.Module, images: torch.Tensor, batch_size: int, views: int = len(VIEWS)
 ) -> torch.Tensor:
     """Logits (V, N, 10) of the first `views` views of uint8 images (N, 28, 28), `batch_size`
-    images at a time."""
+    images at a time (0: as many as `inference_batch` fits)."""
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch(model, device, views)
     chunks = [
         view_logits(
             model, images[i : i + batch_size].to(device).unsqueeze(1).float().div(255), views
