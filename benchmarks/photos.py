@@ -220,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             f"**{100 * r['mnistcnn']:.1f}** | {100 * r['28x28']:.1f} | {r['ms']:.1f} |{tta}",
             flush=True,
         )
-    mean = {key: float(np.mean(values)) for key, values in totals.items()}
-    tta = f" {100 * mean['tta']:.1f} |" if args.tta else ""
-    print(
-        f"| **all** | {100 * mean['resize-only']:.1f} | {100 * mean['textbook']:.1f} | "
-        f"**{100 * mean['mnistcnn']:.1f}** | {100 * mean['28x28']:.1f} | {mean['ms']:.1f} |{tta}"
-    )
+    if totals:
+        mean = {key: float(np.mean(values)) for key, values in totals.items()}
+        tta = f" {100 * mean['tta']:.1f} |" if args.tta else ""
+        print(
+            f"| **all** | {100 * mean['resize-only']:.1f} | {100 * mean['textbook']:.1f} | "
+            f"**{100 * mean['mnistcnn']:.1f}** | {100 * mean['28x28']:.1f} | {mean['ms']:.1f} |"
+            + tta
+        )
     if args.multi:
         print()
         for touch in (False, True):

@@ -3,7 +3,9 @@
     python benchmarks/speed.py --data-dir ../shared/data [--seeds 5] [--skip-base]
 
 1. Time to 99 %: configs/fast.yaml over several seeds vs the common PyTorch example's recipe
-   (benchmarks/reference.py) trained until its test accuracy reaches 99.0 %.
+   (benchmarks/reference.py) trained until its test accuracy reaches 99.0 %. Both are timed
+   alike: data loading and training in, the test-set scoring out; fast.yaml's time also holds
+   its per-epoch validation and the temperature calibration (`train_seconds` in the model).
 2. configs/base.yaml: test accuracy and total training time.
 3. Eval throughput: `mnistcnn eval`'s path vs the example's test loop, on the same model.
 4. Predict cold start: `mnistcnn predict one.png` vs `python -c "import torch"`.
@@ -61,30 +63,34 @@ def time_to_99(data_dir: str, seeds: int, out_dir: Path) -> tuple[dict, list[dic
         out = out_dir / f"fast-{seed}.pth"
         fast.append(run_config("fast", data_dir, out, f"train.seed={seed}", f"train.output={out}"))
         print(
-            f"  fast.yaml seed {seed}: {100 * fast[-1]['test_accuracy']:.2f} % "
-            f"in {fast[-1]['wall']:.1f} s",
+            f"  fast.yaml seed {seed}: {100 * fast[-1]['test_accuracy']:.2f} % after "
+            f"{fast[-1]['train_seconds']:.1f} s of training "
+            f"({fast[-1]['wall']:.1f} s with the test)",
             flush=True,
         )
     return ref, fast
 
 
-def eval_throughput(model_path: Path, data_dir: str, repeats: int = 3) -> tuple[float, float]:
-    """Test-set images/s: the example's test loop vs mnistcnn's eval path, same weights."""
+def eval_throughput(model_path: Path, data_dir: str, repeats: int = 3) -> dict[str, float]:
+    """Test-set images/s of one model's weights: the example's test loop (batch 1000, float32),
+    mnistcnn's eval path as `mnistcnn eval` runs it (data loading included: cached tensors,
+    BatchNorm folded, batches sized to the caches) and the same with `--amp`."""
     ours = load_model(model_path).to(memory_format=torch.channels_last)
     _, test_loader = reference.loaders(data_dir)
     images = len(test_loader.dataset)
-    ref_times, our_times = [], []
+    times: dict[str, list[float]] = {"reference": [], "eval": [], "eval --amp": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
             for data, _target in test_loader:  # already normalized by the transform
                 ours.logits(data)
-        ref_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
-        predict_logits(ours, test, 2000, torch.device("cpu"), channels_last=True)
-        our_times.append(time.perf_counter() - t0)
-    return images / statistics.median(ref_times), images / statistics.median(our_times)
+        times["reference"].append(time.perf_counter() - t0)
+        for name, amp in (("eval", False), ("eval --amp", True)):
+            t0 = time.perf_counter()
+            test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
+            predict_logits(ours, test, 0, torch.device("cpu"), amp=amp, channels_last=True)
+            times[name].append(time.perf_counter() - t0)
+    return {name: images / statistics.median(seconds) for name, seconds in times.items()}
 
 
 def data_path_throughput(data_dir: str, cfg_name: str = "fast") -> tuple[float, float]:
@@ -179,7 +185,7 @@ def main() -> None:
     print("1. time to 99 % test accuracy", flush=True)
     ref, fast = time_to_99(args.data_dir, args.seeds, out_dir)
     accs = [r["test_accuracy"] for r in fast]
-    fast_median = statistics.median(r["wall"] for r in fast)
+    fast_median = statistics.median(r["train_seconds"] for r in fast)
     rows.append(
         (
             "reference: time to 99.0 % (s)",
@@ -189,9 +195,16 @@ def main() -> None:
     )
     rows.append(
         (
-            "fast.yaml: median training wall time (s)",
+            "fast.yaml: median training time (s)",
             f"{fast_median:.1f}",
             f"{ref['seconds'] / fast_median:.1f}x faster (goal >= 15x)",
+        )
+    )
+    rows.append(
+        (
+            "fast.yaml: median `fit` wall time with the final test (s)",
+            f"{statistics.median(r['wall'] for r in fast):.1f}",
+            f"{ref['seconds'] / statistics.median(r['wall'] for r in fast):.1f}x",
         )
     )
     rows.append(
@@ -215,14 +228,20 @@ def main() -> None:
         )
 
     print("3. eval throughput", flush=True)
-    ref_rate, our_rate = eval_throughput(fast[0]["path"], args.data_dir)
-    rows.append(
-        (
-            "eval: images/s, reference loop vs mnistcnn",
-            f"{ref_rate:,.0f} vs {our_rate:,.0f}",
-            f"{our_rate / ref_rate:.1f}x (goal >= 5x)",
+    models = {"tiny.pth": ROOT / "models" / "tiny.pth", "fast.yaml's": fast[0]["path"]}
+    if not args.skip_base:
+        models["base.yaml's"] = out_dir / "base.pth"
+    for name, path in models.items():
+        rate = eval_throughput(path, args.data_dir)
+        ref_rate = rate["reference"]
+        rows.append(
+            (
+                f"eval, {name} model: images/s, reference loop vs `eval` / `eval --amp`",
+                f"{ref_rate:,.0f} vs {rate['eval']:,.0f} / {rate['eval --amp']:,.0f}",
+                f"{rate['eval'] / ref_rate:.1f}x / {rate['eval --amp'] / ref_rate:.1f}x "
+                "(goal >= 5x)",
+            )
         )
-    )
 
     ref_data, our_data = data_path_throughput(args.data_dir)
     rows.append(
