@@ -388,7 +388,8 @@ class CNN(DigitNet):
             # After the last stage only: attention costs (H*W)^2 per image, 49^2 at 7x7 but
             # 784^2 at 28x28, and a 7x7 map's positions already each see most of the digit.
             stages.append(SpatialAttention(cin))
-        self.features = nn.Sequential(*stages)  # (N, channels[-1], 28 / 2**(stages-1), ...)
+        # (N, channels[-1], side, side): 28 halved between stages, and once more by a stem.
+        self.features = nn.Sequential(*stages)
         self.classifier = nn.Sequential(
             GlobalAvgPool(),  # (N, channels[-1], 1, 1)
             nn.Flatten(),
@@ -447,6 +448,20 @@ def model_from_state(state_dict: dict[str, Any]) -> DigitNet:
 
 
 @torch.no_grad()
+def _probe(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]]) -> None:
+    """Run one blank image through `model` in eval mode with forward `hooks` on some of its
+    modules; the hooks are removed and the mode restored after."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    try:
+        device = next(model.parameters()).device
+        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def largest_map(model: nn.Module) -> int:
     """Elements of the largest tensor a module of `model` outputs for one image."""
     sizes = [IMAGE_SIZE * IMAGE_SIZE]
@@ -455,15 +470,7 @@ def largest_map(model: nn.Module) -> int:
         if torch.is_tensor(output):
             sizes.append(output[0].numel())
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    was_training = model.training
-    try:
-        device = next(model.parameters()).device
-        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+    _probe(model, dict.fromkeys(model.modules(), record))
     return max(sizes)
 
 
@@ -495,14 +502,13 @@ def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
     return f"({side_in}+2*{p}-{k})//{s}+1 = {side_out}"
 
 
-@torch.no_grad()
 def layer_table(model: DigitNet) -> list[dict[str, Any]]:
     """One row per layer, in definition order: name, type, output shape of a dummy forward
     (batch dimension as N), the side arithmetic of convs and pools, and the layer's own
     parameters (so the column sums to the model's total). Containers and identities are left
     out."""
     rows: dict[str, dict[str, Any]] = {}
-    hooks = []
+    hooks: dict[nn.Module, Callable[..., None]] = {}
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
@@ -519,14 +525,8 @@ def layer_table(model: DigitNet) -> list[dict[str, Any]]:
         params = sum(p.numel() for p in module.parameters(recurse=False))
         rows[name] = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
         rows[name]["arithmetic"] = ""
-        hooks.append(module.register_forward_hook(record(name)))
-    was_training = model.training
-    try:
-        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+        hooks[module] = record(name)
+    _probe(model, hooks)
     return list(rows.values())
 
 
