@@ -163,15 +163,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    onnx = Path(args.model).suffix.lower() == ".onnx"
     if args.explain and not args.save_preprocessed:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
-    if args.explain and (getattr(args, "multi", False) or args.model.lower().endswith(".onnx")):
+    if args.explain and (args.multi or onnx):
         raise ConfigError("--explain works on single digits with a .pth model")
-    if args.tta and (args.multi or args.model.lower().endswith(".onnx")):
+    if args.tta and (args.multi or onnx):
         raise ConfigError("--tta works on single digits with a .pth model (its views need torch)")
-    if args.multi:
-        return _predict_numbers(args)
-    if Path(args.model).suffix.lower() == ".onnx":  # onnxruntime: torch is never imported
+    if args.multi and onnx:
+        raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
+    if onnx:  # onnxruntime: torch is never imported
         from mnistcnn.onnx_predict import load_onnx, predict_paths
 
         model: Any = load_onnx(args.model)
@@ -179,19 +180,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from mnistcnn.calibrate import stored_temperatures
         from mnistcnn.checkpoint import load_model
-        from mnistcnn.predict import predict_paths
+        from mnistcnn.predict import predict_numbers, predict_paths
 
         model = load_model(args.model)
         calibrated = stored_temperatures(model.meta) is not None
-    found = predict_paths(
-        model,
-        args.images,
-        top_k=args.top_k,
-        save_dir=args.save_preprocessed,
-        min_confidence=args.min_confidence,
-        use_tta=args.tta,
-    )
-    results = _show(found, args, _label_line)
+    options: dict[str, Any] = {
+        "top_k": args.top_k,
+        "save_dir": args.save_preprocessed,
+        "min_confidence": args.min_confidence,
+    }
+    if args.multi:
+        found: Iterable[Any] = predict_numbers(model, args.images, **options)
+    else:
+        found = predict_paths(model, args.images, **options, use_tta=args.tta)
+    results = _show(found, args, _number_line if args.multi else _label_line)
     _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
         from mnistcnn.explain import explain_predictions
@@ -250,26 +252,6 @@ def _digit_text(top: list[tuple[int, float]]) -> str:
     """`7 (0.981)`, or with --top-k `7 (0.981; 1 0.012; 2 0.004)`."""
     others = "".join(f"; {k} {v:.3f}" for k, v in top[1:])
     return f"{top[0][0]} ({top[0][1]:.3f}{others})"
-
-
-def _predict_numbers(args: argparse.Namespace) -> int:
-    if Path(args.model).suffix.lower() == ".onnx":
-        raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
-    from mnistcnn.calibrate import stored_temperatures
-    from mnistcnn.checkpoint import load_model
-    from mnistcnn.predict import predict_numbers
-
-    model = load_model(args.model)
-    found = predict_numbers(
-        model,
-        args.images,
-        top_k=args.top_k,
-        save_dir=args.save_preprocessed,
-        min_confidence=args.min_confidence,
-    )
-    results = _show(found, args, _number_line)
-    _note_uncalibrated(stored_temperatures(model.meta) is not None, results, args.model)
-    return _finish(results, args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -275,13 +275,19 @@ class Stage(nn.Module):
         pool: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.first = ConvBlock(
-            cin, cout, kernel_size, norm, activation, stride, pool if convs == 1 else None
-        )
-        self.rest = nn.ModuleList(
-            ConvBlock(cout, cout, kernel_size, norm, activation, pool=pool if i == convs else None)
-            for i in range(2, convs + 1)
-        )
+        blocks = [
+            ConvBlock(
+                cout if i else cin,
+                cout,
+                kernel_size,
+                norm,
+                activation,
+                1 if i else stride,
+                pool if i == convs - 1 else None,
+            )
+            for i in range(convs)
+        ]
+        self.first, self.rest = blocks[0], nn.ModuleList(blocks[1:])
         self.residual = residual
         self.se = SqueezeExcite(cout, activation) if se else nn.Identity()
 
