@@ -334,6 +334,20 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 BATCH_HELP = "images per batch (default 0: sized to the CPU's caches, 1000 on a GPU)"
 
 
+def _model_on_mnist_args(parser: argparse.ArgumentParser, json_help: str) -> None:
+    """The arguments of the commands that run a model over MNIST (eval, calibrate)."""
+    parser.add_argument("model", metavar="MODEL.pth")
+    parser.add_argument(
+        "--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/"
+    )
+    parser.add_argument("--no-download", action="store_true", help="never try to download MNIST")
+    parser.add_argument(
+        "--batch-size", type=_non_negative_int, default=0, metavar="N", help=BATCH_HELP
+    )
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -418,12 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     ev = sub.add_parser("eval", help="test-set accuracy and per-class metrics of a model")
-    ev.add_argument("model", metavar="MODEL.pth")
-    ev.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
-    ev.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    ev.add_argument("--batch-size", type=_non_negative_int, default=0, metavar="N", help=BATCH_HELP)
-    ev.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    _model_on_mnist_args(ev, json_help="print the report as JSON")
     ev.add_argument(
         "--save-confusion", metavar="PNG", help="also draw the confusion matrix as a PNG"
     )
@@ -443,12 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser(
         "calibrate", help="fit the temperature on the validation split and store it in the model"
     )
-    ca.add_argument("model", metavar="MODEL.pth")
-    ca.add_argument("--data-dir", default="data", metavar="DIR", help="folder holding MNIST/raw/")
-    ca.add_argument("--no-download", action="store_true", help="never try to download MNIST")
-    ca.add_argument("--batch-size", type=_non_negative_int, default=0, metavar="N", help=BATCH_HELP)
-    ca.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    ca.add_argument("--json", action="store_true", help="print the result as JSON")
+    _model_on_mnist_args(ca, json_help="print the result as JSON")
     ca.set_defaults(handler=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="classify image files of handwritten digits")
