@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import predict_numbers, read_number
-from mnistcnn.preprocess import segment
+from mnistcnn.predict import ENERGY_WEIGHT, _scores, predict_numbers, read_number
+from mnistcnn.preprocess import Preprocessed, Row, preprocess_image, segment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen
@@ -121,6 +122,73 @@ def test_a_broken_stroke_stays_one_digit(
     assert len(segment(path).readings) == 3
 
 
+def _strokes(lines: list[tuple[int, int, int, int]], dots: list[tuple[int, int]] = ()) -> Any:
+    """Dark lines (and dots of radius 3) on white paper, 6 px wide: shapes drawn by hand."""
+    sheet = Image.new("L", (420, 200), 255)
+    draw = ImageDraw.Draw(sheet)
+    for line in lines:
+        draw.line(line, fill=0, width=6)
+    for x, y in dots:
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=0)
+    return sheet
+
+
+ONE = (330, 40, 330, 160)  # a 1 to the right of the shapes under test, as tall as they are
+SEVEN = (230, 40, 290, 40, 250, 160)
+
+
+def test_a_detached_bar_stays_with_its_digit(tmp_path: Path) -> None:
+    # A 5 whose bar was written apart from its stem and runs far to the right: it overlaps
+    # the stem-and-bowl's span little, but touches its box, and the two are no wider than a digit.
+    five = [(60, 55, 60, 100), (60, 100, 90, 95, 105, 125, 90, 155, 55, 155)]
+    path = tmp_path / "five.png"
+    _strokes([*five, (98, 42, 148, 38), ONE]).save(path)
+    first, second = segment(path).readings
+    _, top, right, _ = first[0][0].box
+    assert top < 45 and right > 140  # the bar (y 38-42, x 98-148) is in the 5's box
+    assert len(second) == 1
+
+
+def test_a_dotted_stroke_stays_with_its_digit(tmp_path: Path) -> None:
+    # A 0 whose left half the pen only dotted: each dot is ~1-3 % of the digit's ink.
+    right = [(100, 40, 130, 60, 140, 100, 130, 140, 100, 160)]
+    dots = [(88, 42), (74, 54), (64, 76), (60, 100), (64, 124), (74, 146), (88, 158)]
+    path = tmp_path / "zero.png"
+    _strokes([*right, SEVEN], dots).save(path)
+    row = segment(path)
+    assert len(row.readings) == 2
+    zero, seven = row.readings[0][0][0], row.readings[1][0][0]
+    assert zero.box[2] <= seven.box[0]
+    # The dots are in: the 0 spans from the leftmost dot to its right half (~85 of 120 px).
+    assert zero.box[2] - zero.box[0] > 0.6 * (zero.box[3] - zero.box[1])
+    single = preprocess_image(_strokes(right, dots))
+    assert single.box[2] - single.box[0] > 0.6 * (single.box[3] - single.box[1])
+
+
+def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
+    # A stem with a loop at its foot (a 6, a b): 0.8 heights wide, but a cut would leave the
+    # loop, half as tall as the row. Two tall strokes joined at the foot may be cut (11).
+    six = [(40, 40, 40, 160), (40, 160, 110, 160, 110, 100, 40, 100)]
+    path = tmp_path / "six.png"
+    _strokes([*six, ONE]).save(path)
+    assert [len(o) for o in segment(path).readings[0]] == [1]
+    ones = [(40, 40, 40, 160), (40, 160, 100, 160), (100, 40, 100, 160)]
+    path = tmp_path / "ones.png"
+    _strokes([*ones, ONE]).save(path)
+    assert 2 in [len(o) for o in segment(path).readings[0]]
+
+
+def test_three_touching_digits_can_be_read_cut_in_three(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # 1.6 heights wide: room for two digits of ~0.7 and a bit; a thin 1 at each end.
+    picks = [_first(test_digits, d) for d in (1, 2, 1)]
+    path = tmp_path / "touching.png"
+    _sheet(test_digits, picks, [-6, -6]).save(path)
+    (options,) = segment(path).readings
+    assert 3 in [len(o) for o in options]
+
+
 def test_touching_digits_can_be_read_cut_apart(
     test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
@@ -139,6 +207,18 @@ def test_no_digit_is_an_error(tmp_path: Path) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------
+
+
+def test_a_shape_unlike_any_digit_scores_lower() -> None:
+    # Logits shifted down by a constant: the same softmax, but the model sees less of a digit.
+    whole, other, piece = (
+        Preprocessed(np.zeros((28, 28), np.float32), (0, 0, 1, 1)) for _ in "abc"
+    )
+    row = Row([[[whole]], [[other], [piece, piece]]])
+    logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]) - torch.tensor([[0.0], [3.0], [1.0]])
+    top = float(logits[0].log_softmax(0).max())
+    scores = _scores(logits, row, [whole, other, piece])
+    assert scores == pytest.approx([top, top - ENERGY_WEIGHT * 3, top - ENERGY_WEIGHT * 1])
 
 
 @pytest.mark.slow

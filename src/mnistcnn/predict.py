@@ -79,8 +79,25 @@ def predict_paths(
 # Log-probability a reading pays for each cut of a group of ink (touching digits) and for
 # each join of two groups (one digit broken in two): a cut or a join must make the model
 # clearly surer, not just give shapes it can name.
-CUT_COST = 0.3
+CUT_COST = 0.1
 JOIN_COST = 0.5
+# A piece of ink also pays this much per unit its logits' log-sum-exp falls short of the row's
+# most digit-like group: a confident softmax over a shape unlike any digit (half an 8, a 6's
+# stem) is not evidence. Set with the costs above on generated rows (benchmarks/photos.py
+# seeds 10-14, not the reported ones).
+ENERGY_WEIGHT = 0.5
+
+
+def _scores(logits: torch.Tensor, row: Row, candidates: list[Preprocessed]) -> list[float]:
+    """Each candidate's score: its top log-probability, less ENERGY_WEIGHT times its energy
+    shortfall against the best whole group's (logits (N, 10) of `candidates`)."""
+    score = logits.log_softmax(1).max(1).values
+    energy = logits.logsumexp(1)
+    whole = {id(options[0][0]) for options in row.readings if len(options[0]) == 1}
+    reference = [i for i, d in enumerate(candidates) if id(d) in whole]
+    if reference:
+        score = score + ENERGY_WEIGHT * (energy - energy[reference].max()).clamp(max=0)
+    return score.tolist()
 
 
 def _read(
@@ -91,9 +108,9 @@ def _read(
     candidates = [d for options in row.readings for option in options for d in option]
     candidates += [d for d in row.joined if d is not None]
     logits = view_logits(model, np.stack([d.image for d in candidates]))
-    # The reading is chosen on the raw softmax, the scale CUT_COST and JOIN_COST were set on;
-    # the digits' reported probabilities are the calibrated ones.
-    score = logits[0].log_softmax(1).max(1).values.tolist()
+    # The reading is chosen on the raw logits, the scale the costs above were set on; the
+    # digits' reported probabilities are the calibrated ones.
+    score = _scores(logits[0], row, candidates)
     probs = probabilities(logits, model.meta, use_tta=False)
     index = {id(d): i for i, d in enumerate(candidates)}
     # best[i]: the best reading of the first i groups, as (score, candidate indices).

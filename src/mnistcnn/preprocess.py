@@ -57,6 +57,9 @@ SIDE = 28
 STROKE_RANGE = (0.09, 0.18)
 # A digit is redrawn from its mask at no less than this long side (in pixels) before scaling down.
 CROP_SIDE = 96
+# Pieces of ink with less than this fraction of the digit's ink are specks (noise, grain) and
+# left out; above it they may be a dotted or skipped stroke, kept where they sit by the digit.
+SPECK_MASS = 0.005
 
 
 @dataclass(frozen=True)
@@ -374,7 +377,7 @@ def _digit_parts(parts: list[_Part]) -> list[_Part]:
         grew = False
         reach = 0.2 * max(box[2] - box[0], box[3] - box[1])
         for part in parts:
-            if part in chosen or part.border or part.mass < 0.03 * main.mass:
+            if part in chosen or part.border or part.mass < SPECK_MASS * main.mass:
                 continue
             if _gap(part.box, box) <= reach:
                 chosen.append(part)
@@ -537,12 +540,16 @@ def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
 # --- a row of digits --------------------------------------------------------------------------
 
 # MNIST digits are at most ~1.25 times as wide as tall (99th percentile, 1.1 for 95 %): ink
-# wider than SPLIT_ASPECT heights may be touching digits, and is also read cut in pieces;
-# wider than WHOLE_ASPECT it is never read as one digit.
-SPLIT_ASPECT = 0.8
+# wider than SPLIT_ASPECT heights may be touching digits (two 1s side by side are ~0.5), and
+# is also read cut in pieces; wider than WHOLE_ASPECT it is never read as one digit.
+SPLIT_ASPECT = 0.5
 WHOLE_ASPECT = 1.4
 # A touching digit is ~0.45-1.1 heights wide: cuts are tried where the ink is thinnest.
 DIGIT_ASPECT = 0.7
+# Ink that could be one digit is cut only into pieces at least this fraction of the row's
+# height: digits in a number are about as tall as each other, while a cut through one wide
+# digit (a 6's loop, an 8's half) leaves a shorter piece.
+CUT_HEIGHT = 0.7
 
 
 def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
@@ -560,7 +567,7 @@ def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
     pieces = [
         p
         for p in inside
-        if p.mass >= 0.01 * biggest and p.box[3] > top - margin and p.box[1] < bottom + margin
+        if p.mass >= SPECK_MASS * biggest and p.box[3] > top - margin and p.box[1] < bottom + margin
     ]
     return pieces, height
 
@@ -571,11 +578,28 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return shared / max(1, min(a[2] - a[0], b[2] - b[0]))
 
 
+def _home(groups: list[list[_Part]], part: _Part, height: int) -> int | None:
+    """The group a small piece belongs to: the one it sits over or under, else the one it
+    (nearly) touches if together they are no wider than a digit; None if neither."""
+    boxes = [_union([p.box for p in g]) for g in groups]
+    if not boxes:
+        return None
+    over = max(range(len(boxes)), key=lambda i: _overlap(boxes[i], part.box))
+    if _overlap(boxes[over], part.box) >= 0.3:
+        return over
+    near = min(range(len(boxes)), key=lambda i: _gap(boxes[i], part.box))
+    union = _union([boxes[near], part.box])
+    if _gap(boxes[near], part.box) <= 0.1 * height and union[2] - union[0] <= height:
+        return near
+    return None
+
+
 def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
     """Pieces grouped into digits, left to right.
 
     Tall pieces are digits (or touching digits), and tall pieces stacked over each other are
-    one broken digit. A small piece belongs to the digit it sits over or under (a 5's bar, a
+    one broken digit. A small piece belongs to the digit it sits over or under, or else to the
+    digit it (nearly) touches if the two stay no wider than a digit (a 5's bar, a dotted or
     broken stroke); small pieces close together that are as tall as a digit together are a
     digit broken apart; the rest (a dash, specks) belong to none.
     """
@@ -587,14 +611,16 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
             groups[-1].append(part)
         else:
             groups.append([part])
-    loose = []
-    for part in small:
-        boxes = [_union([p.box for p in g]) for g in groups]
-        best = max(range(len(groups)), key=lambda i: _overlap(boxes[i], part.box), default=None)
-        if best is not None and _overlap(boxes[best], part.box) >= 0.3:
-            groups[best].append(part)
-        else:
-            loose.append(part)
+    loose = small
+    placed = True
+    while placed:  # until no piece finds a digit: a dotted stroke joins dot by dot
+        placed = False
+        for part in list(loose):
+            home = _home(groups, part, height)
+            if home is not None:
+                groups[home].append(part)
+                loose.remove(part)
+                placed = True
     clusters: list[list[_Part]] = []
     for part in sorted(loose, key=lambda p: p.box[0]):
         near = [c for c in clusters if _gap(_union([p.box for p in c]), part.box) <= 0.3 * height]
@@ -627,12 +653,13 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
     left, top, right, bottom = _box(keep)
     width = right - left
     aspect = width / max(1, height)
-    options = [[keep]] if aspect <= WHOLE_ASPECT else []
+    whole = aspect <= WHOLE_ASPECT
+    options = [[keep]] if whole else []
     if aspect < SPLIT_ASPECT:
         return options
     # Ink per column, lightly smoothed: touching strokes are thin where digits meet.
     profile = ndimage.uniform_filter1d(keep[top:bottom, left:right].sum(0).astype(float), 3)
-    most = max(2, round(aspect / DIGIT_ASPECT))
+    most = max(2, math.ceil(aspect / DIGIT_ASPECT))
     tried: set[tuple[int, ...]] = set()
     for count in range(2, most + 1):
         # Cuts at the thinnest column near each even position; for two pieces also at the
@@ -657,7 +684,8 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
                 continue
             tried.add(columns)
             pieces = _cut(keep, [left + c for c in columns])
-            if len(pieces) == count:
+            short = min(_box(p)[3] - _box(p)[1] for p in pieces) < CUT_HEIGHT * height
+            if len(pieces) == count and not (whole and short):
                 options.append(pieces)
     return options or [[keep]]
 
