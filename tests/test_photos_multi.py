@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,8 @@ def test_a_broken_stroke_stays_one_digit(
     assert len(segment(path).readings) == 3
 
 
-def _strokes(lines: list[tuple[int, int, int, int]], dots: list[tuple[int, int]] = ()) -> Any:
-    """Dark lines (and dots of radius 3) on white paper, 6 px wide: shapes drawn by hand."""
+def _strokes(lines: list[tuple[int, ...]], dots: Sequence[tuple[int, int]] = ()) -> Any:
+    """Dark polylines 6 px wide (and dots of radius 3) on white paper: shapes drawn by hand."""
     sheet = Image.new("L", (420, 200), 255)
     draw = ImageDraw.Draw(sheet)
     for line in lines:
@@ -150,7 +151,7 @@ def test_a_detached_bar_stays_with_its_digit(tmp_path: Path) -> None:
 
 
 def test_a_dotted_stroke_stays_with_its_digit(tmp_path: Path) -> None:
-    # A 0 whose left half the pen only dotted: each dot is ~1-3 % of the digit's ink.
+    # A 0 whose left half the pen only dotted: each dot has ~3 % of the 7's ink.
     right = [(100, 40, 130, 60, 140, 100, 130, 140, 100, 160)]
     dots = [(88, 42), (74, 54), (64, 76), (60, 100), (64, 124), (74, 146), (88, 158)]
     path = tmp_path / "zero.png"

@@ -57,8 +57,9 @@ SIDE = 28
 STROKE_RANGE = (0.09, 0.18)
 # A digit is redrawn from its mask at no less than this long side (in pixels) before scaling down.
 CROP_SIDE = 96
-# Pieces of ink with less than this fraction of the digit's ink are specks (noise, grain) and
-# left out; above it they may be a dotted or skipped stroke, kept where they sit by the digit.
+# Pieces of ink with less than this fraction of the largest piece's ink are specks (noise,
+# grain) and left out; above it they may be a dotted or skipped stroke, kept where they sit by
+# a digit.
 SPECK_MASS = 0.005
 
 
@@ -611,7 +612,7 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
             groups[-1].append(part)
         else:
             groups.append([part])
-    loose = small
+    loose = list(small)
     placed = True
     while placed:  # until no piece finds a digit: a dotted stroke joins dot by dot
         placed = False
