@@ -113,6 +113,9 @@ def process_group(world: World, device: torch.device, timeout: float) -> Iterato
     )
     try:
         yield
+        # Leave together: a process that tears its connections down while another still works
+        # (rank 0 tests and saves after training) can abort on a connection closed under it.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
