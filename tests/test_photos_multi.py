@@ -218,7 +218,7 @@ def test_a_shape_unlike_any_digit_scores_lower() -> None:
     row = Row([[[whole]], [[other], [piece, piece]]])
     logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]) - torch.tensor([[0.0], [3.0], [1.0]])
     top = float(logits[0].log_softmax(0).max())
-    scores = _scores(logits, row, [whole, other, piece])
+    scores = _scores(logits, row, {id(d): i for i, d in enumerate((whole, other, piece))})
     assert scores == pytest.approx([top, top - ENERGY_WEIGHT * 3, top - ENERGY_WEIGHT * 1])
 
 

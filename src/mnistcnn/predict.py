@@ -88,13 +88,13 @@ JOIN_COST = 0.5
 ENERGY_WEIGHT = 0.5
 
 
-def _scores(logits: torch.Tensor, row: Row, candidates: list[Preprocessed]) -> list[float]:
+def _scores(logits: torch.Tensor, row: Row, index: dict[int, int]) -> list[float]:
     """Each candidate's score: its top log-probability, less ENERGY_WEIGHT times its energy
-    shortfall against the best whole group's (logits (N, 10) of `candidates`)."""
+    shortfall against the best whole group's (`logits` (N, 10) of the candidates, whose rows
+    `index` gives by `id`)."""
     score = logits.log_softmax(1).max(1).values
     energy = logits.logsumexp(1)
-    whole = {id(options[0][0]) for options in row.readings if len(options[0]) == 1}
-    reference = [i for i, d in enumerate(candidates) if id(d) in whole]
+    reference = [index[id(o[0][0])] for o in row.readings if len(o[0]) == 1]
     if reference:
         score = score + ENERGY_WEIGHT * (energy - energy[reference].max()).clamp(max=0)
     return score.tolist()
@@ -110,9 +110,9 @@ def _read(
     logits = view_logits(model, np.stack([d.image for d in candidates]))
     # The reading is chosen on the raw logits, the scale the costs above were set on; the
     # digits' reported probabilities are the calibrated ones.
-    score = _scores(logits[0], row, candidates)
-    probs = probabilities(logits, model.meta, use_tta=False)
     index = {id(d): i for i, d in enumerate(candidates)}
+    score = _scores(logits[0], row, index)
+    probs = probabilities(logits, model.meta, use_tta=False)
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]
     for i, options in enumerate(row.readings):
