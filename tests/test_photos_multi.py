@@ -166,6 +166,22 @@ def test_a_dotted_stroke_stays_with_its_digit(tmp_path: Path) -> None:
     assert single.box[2] - single.box[0] > 0.6 * (single.box[3] - single.box[1])
 
 
+def test_a_margin_line_along_a_digit_is_removed(tmp_path: Path) -> None:
+    # A tilted margin line (2 px, ~2.3 degrees: between the half degrees of the coarse vote)
+    # runs from the top of the paper to the bottom, along the first 1's stroke: the 1 must
+    # neither be taken for part of the line (a long stroke) nor stay joined to it (ink at the
+    # frame's edge is left out of the row).
+    page = Image.new("L", (420, 360), 255)
+    page.paste(_strokes([(62, 40, 66, 160), SEVEN, ONE]), (0, 80))
+    ImageDraw.Draw(page).line((58, 0, 72, 359), fill=110, width=2)
+    path = tmp_path / "margin.png"
+    page.save(path)
+    row = segment(path)
+    assert len(row.readings) == 3
+    first = row.readings[0][0][0].box
+    assert first[1] > 100 and first[3] < 260  # the 1 alone, not the line's length
+
+
 def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
     # A stem with a loop at its foot (a 6, a b): 0.8 heights wide, but a cut would leave the
     # loop, half as tall as the row. Two tall strokes joined at the foot may be cut (11).
