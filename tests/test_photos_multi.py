@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import ENERGY_WEIGHT, _scores, predict_numbers, read_number
+from mnistcnn.predict import ENERGY_WEIGHT, WIDE_COST, _scores, predict_numbers, read_number
 from mnistcnn.preprocess import Preprocessed, Row, preprocess_image, segment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -234,8 +234,22 @@ def test_a_shape_unlike_any_digit_scores_lower() -> None:
     row = Row([[[whole]], [[other], [piece, piece]]])
     logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]) - torch.tensor([[0.0], [3.0], [1.0]])
     top = float(logits[0].log_softmax(0).max())
-    scores = _scores(logits, row, {id(d): i for i, d in enumerate((whole, other, piece))})
+    candidates = [whole, other, piece]
+    scores = _scores(logits, row, candidates, {id(d): i for i, d in enumerate(candidates)})
     assert scores == pytest.approx([top, top - ENERGY_WEIGHT * 3, top - ENERGY_WEIGHT * 1])
+
+
+def test_a_candidate_wider_than_tall_scores_lower() -> None:
+    # Two touching digits read whole are wider than the row is tall; one digit rarely is.
+    narrow, square, wide = (
+        Preprocessed(np.zeros((28, 28), np.float32), (0, 0, w, 40)) for w in (30, 40, 60)
+    )
+    row = Row([[[narrow]], [[square]], [[wide]]], height=40)
+    logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]).repeat(3, 1)
+    top = float(logits[0].log_softmax(0).max())
+    candidates = [narrow, square, wide]
+    scores = _scores(logits, row, candidates, {id(d): i for i, d in enumerate(candidates)})
+    assert scores == pytest.approx([top, top, top - WIDE_COST * 0.5])
 
 
 @pytest.mark.slow

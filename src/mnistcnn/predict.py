@@ -83,20 +83,28 @@ CUT_COST = 0.1
 JOIN_COST = 0.5
 # A piece of ink also pays this much per unit its logits' log-sum-exp falls short of the row's
 # most digit-like group: a confident softmax over a shape unlike any digit (half an 8, a 6's
-# stem) is not evidence. Set with the costs above on generated rows (benchmarks/photos.py
-# seeds 10-14, not the reported ones).
+# stem) is not evidence. And this much per row height it is wider than tall: a digit is
+# rarely wider than tall (MNIST: 1 in 100 over 1.25), two touching digits usually are. Set
+# with the costs above on generated rows (benchmarks/photos.py seeds 10-14, not the reported
+# ones).
 ENERGY_WEIGHT = 0.5
+WIDE_COST = 5.0
 
 
-def _scores(logits: torch.Tensor, row: Row, index: dict[int, int]) -> list[float]:
+def _scores(
+    logits: torch.Tensor, row: Row, candidates: list[Preprocessed], index: dict[int, int]
+) -> list[float]:
     """Each candidate's score: its top log-probability, less ENERGY_WEIGHT times its energy
-    shortfall against the best whole group's (`logits` (N, 10) of the candidates, whose rows
-    `index` gives by `id`)."""
+    shortfall against the best whole group's and WIDE_COST times its width beyond the row's
+    height (`logits` (N, 10) of `candidates`, whose rows `index` gives by `id`)."""
     score = logits.log_softmax(1).max(1).values
     energy = logits.logsumexp(1)
     reference = [index[id(o[0][0])] for o in row.readings if len(o[0]) == 1]
     if reference:
         score = score + ENERGY_WEIGHT * (energy - energy[reference].max()).clamp(max=0)
+    if row.height:
+        widths = torch.tensor([d.box[2] - d.box[0] for d in candidates], dtype=score.dtype)
+        score = score - WIDE_COST * (widths / row.height - 1).clamp(min=0)
     return score.tolist()
 
 
@@ -111,7 +119,7 @@ def _read(
     # The reading is chosen on the raw logits, the scale the costs above were set on; the
     # digits' reported probabilities are the calibrated ones.
     index = {id(d): i for i, d in enumerate(candidates)}
-    score = _scores(logits[0], row, index)
+    score = _scores(logits[0], row, candidates, index)
     probs = probabilities(logits, model.meta, use_tta=False)
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]

@@ -722,6 +722,7 @@ class Row:
     readings: list[list[list[Preprocessed]]]
     joined: list[Preprocessed | None] = field(default_factory=list)
     steps: Steps | None = None
+    height: int = 0  # the digits' height in the working image (0: unknown)
 
     @property
     def digits(self) -> list[Preprocessed]:
@@ -748,7 +749,7 @@ def segment_image(img: Image.Image, *, steps: bool = False) -> Row:
         for a, b in itertools.pairwise(keeps)
     ]
     first = [d for options in readings for d in options[0]]
-    return Row(readings, joined, _trace(found, first) if steps else None)
+    return Row(readings, joined, _trace(found, first) if steps else None, height)
 
 
 def segment(path: str | Path, *, steps: bool = False) -> Row:
