@@ -182,6 +182,31 @@ def test_a_margin_line_along_a_digit_is_removed(tmp_path: Path) -> None:
     assert first[1] > 100 and first[3] < 260  # the 1 alone, not the line's length
 
 
+def test_a_page_edge_is_not_erased_into_strokes(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # The tilted edge of the page, a table beyond it: it reaches across the frame like a ruled
+    # line but is the edge of a dark region, not thin. Erased as a line, its remains were
+    # read as 1s (2148 read 21481).
+    images, labels = test_digits
+    picks = [int(np.flatnonzero(labels == d)[27]) for d in (2, 1, 4, 8)]
+    rng = np.random.default_rng(27)
+    photo = photogen.make_photo([images[i] for i in picks], [2, 1, 4, 8], "border", rng)
+    path = tmp_path / f"edge{photo.suffix}"
+    path.write_bytes(photo.data)
+    assert len(segment(path).readings) == 4
+
+
+def test_a_long_stroke_is_not_a_ruled_line() -> None:
+    # A 1 written down nearly the whole page reaches across the frame like a margin line, but
+    # is a pen stroke wide all along (and were it erased, ink on both sides of the band would
+    # restore it): it stays whole.
+    page = Image.new("L", (300, 360), 255)
+    ImageDraw.Draw(page).line((150, 15, 156, 345), fill=0, width=14)
+    one = preprocess_image(page)
+    assert one.box[3] - one.box[1] > 300
+
+
 def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
     # A stem with a loop at its foot (a 6, a b): 0.8 heights wide, but a cut would leave the
     # loop, half as tall as the row. Two tall strokes joined at the foot may be cut (11).
