@@ -7,6 +7,7 @@ by hand here (a dash, touching digits, a broken stroke) to pin down the segmenta
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.predict import ENERGY_WEIGHT, WIDE_COST, _scores, predict_numbers, read_number
-from mnistcnn.preprocess import Preprocessed, Row, preprocess_image, segment
+from mnistcnn.preprocess import Preprocessed, Row, _remove_lines, preprocess_image, segment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen
@@ -167,10 +168,9 @@ def test_a_dotted_stroke_stays_with_its_digit(tmp_path: Path) -> None:
 
 
 def test_a_margin_line_along_a_digit_is_removed(tmp_path: Path) -> None:
-    # A tilted margin line (2 px, ~2.3 degrees: between the half degrees of the coarse vote)
-    # runs from the top of the paper to the bottom, along the first 1's stroke: the 1 must
-    # neither be taken for part of the line (a long stroke) nor stay joined to it (ink at the
-    # frame's edge is left out of the row).
+    # A tilted margin line (2 px) runs from the top of the paper to the bottom, along the first
+    # 1's stroke: the 1 must not make the line a long stroke, kept and joined to the 1 (ink at
+    # the frame's edge is left out of the row).
     page = Image.new("L", (420, 360), 255)
     page.paste(_strokes([(62, 40, 66, 160), SEVEN, ONE]), (0, 80))
     ImageDraw.Draw(page).line((58, 0, 72, 359), fill=110, width=2)
@@ -180,6 +180,14 @@ def test_a_margin_line_along_a_digit_is_removed(tmp_path: Path) -> None:
     assert len(row.readings) == 3
     first = row.readings[0][0][0].box
     assert first[1] > 100 and first[3] < 260  # the 1 alone, not the line's length
+
+
+def test_a_thin_line_between_the_coarse_angles_is_erased() -> None:
+    # 2.25 degrees, halfway between the coarse vote's steps: there a 1 px line's votes spread
+    # over 2-3 bins and fall under the threshold; the finer angles find it.
+    page = Image.new("1", (420, 360), 0)
+    ImageDraw.Draw(page).line((100, 0, 100 + 360 * math.tan(math.radians(2.25)), 359), fill=1)
+    assert not _remove_lines(np.asarray(page).astype(bool)).any()
 
 
 def test_a_page_edge_is_not_erased_into_strokes(
@@ -199,10 +207,9 @@ def test_a_page_edge_is_not_erased_into_strokes(
 
 def test_a_long_stroke_is_not_a_ruled_line() -> None:
     # A 1 written down nearly the whole page reaches across the frame like a margin line, but
-    # is a pen stroke wide all along (and were it erased, ink on both sides of the band would
-    # restore it): it stays whole.
+    # is wider than one all along (5 px, as wide as the band a line is erased in): it stays.
     page = Image.new("L", (300, 360), 255)
-    ImageDraw.Draw(page).line((150, 15, 156, 345), fill=0, width=14)
+    ImageDraw.Draw(page).line((150, 15, 156, 345), fill=0, width=5)
     one = preprocess_image(page)
     assert one.box[3] - one.box[1] > 300
 

@@ -83,10 +83,10 @@ CUT_COST = 0.1
 JOIN_COST = 0.5
 # A piece of ink also pays this much per unit its logits' log-sum-exp falls short of the row's
 # most digit-like group: a confident softmax over a shape unlike any digit (half an 8, a 6's
-# stem) is not evidence. And this much per row height it is wider than tall: a digit is
-# rarely wider than tall (MNIST: 1 in 100 over 1.25), two touching digits usually are. Set
-# with the costs above on generated rows (benchmarks/photos.py seeds 10-14, not the reported
-# ones).
+# stem) is not evidence. And WIDE_COST per row height its box is wider than the row is tall:
+# one digit rarely is (MNIST's are at most 1.1 times as wide as tall for 95 %, 1.25 for 99 %),
+# two touching digits read whole usually are. Set with the costs above on generated rows
+# (benchmarks/photos.py seeds 10-14, not the reported ones).
 ENERGY_WEIGHT = 0.5
 WIDE_COST = 5.0
 

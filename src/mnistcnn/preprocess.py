@@ -287,10 +287,10 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
         along, across = (ys, xs) if vertical else (xs, ys)
         span = height if vertical else width
         # Every half degree, then the best one to a tenth: off by a quarter of a degree, a
-        # line drifts ~2 px over the frame, out of the band that is erased.
+        # line's votes spread over 2-3 bins and a thin one falls under the threshold.
         votes = {float(d): _vote(along, across, d, weight) for d in np.arange(-10, 10.5, 0.5)}
         coarse = max(votes, key=lambda d: votes[d][0].max())
-        fine = coarse + np.arange(-0.4, 0.45, 0.1)
+        fine = coarse + np.array([-4, -3, -2, -1, 1, 2, 3, 4]) / 10
         votes.update({float(d): _vote(along, across, d, weight) for d in fine})
         degrees = max(votes, key=lambda d: votes[d][0].max())
         counts, offset = votes[degrees]
@@ -321,8 +321,9 @@ def _vote(
 
 def _thin(mask: np.ndarray, rho: float, t: float, vertical: bool, thick: int) -> bool:
     """Whether the ink along a line is thin (a ruled line) rather than a long stroke or the
-    edge of a dark region: at most `thick` pixels across, where it is ink, at most places
-    along it (digits it crosses or runs along are a minority of its length)."""
+    edge of a dark region: over the places along it where its centre is ink, the median count
+    of ink pixels within `thick` of the centre, across it, is at most `thick` (digits it
+    crosses or runs along are a minority of those places)."""
     height, width = mask.shape
     span, breadth = (height, width) if vertical else (width, height)
     along = np.arange(span)
