@@ -267,7 +267,7 @@ def test_a_shape_unlike_any_digit_scores_lower() -> None:
     logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]) - torch.tensor([[0.0], [3.0], [1.0]])
     top = float(logits[0].log_softmax(0).max())
     candidates = [whole, other, piece]
-    scores = _scores(logits, row, candidates, {id(d): i for i, d in enumerate(candidates)})
+    scores = _scores(logits, row, candidates)
     assert scores == pytest.approx([top, top - ENERGY_WEIGHT * 3, top - ENERGY_WEIGHT * 1])
 
 
@@ -280,7 +280,7 @@ def test_a_candidate_wider_than_tall_scores_lower() -> None:
     logits = torch.tensor([[4.0, 1.0, *[0.0] * 8]]).repeat(3, 1)
     top = float(logits[0].log_softmax(0).max())
     candidates = [narrow, square, wide]
-    scores = _scores(logits, row, candidates, {id(d): i for i, d in enumerate(candidates)})
+    scores = _scores(logits, row, candidates)
     assert scores == pytest.approx([top, top, top - WIDE_COST * 0.5])
 
 

@@ -91,15 +91,14 @@ ENERGY_WEIGHT = 0.5
 WIDE_COST = 5.0
 
 
-def _scores(
-    logits: torch.Tensor, row: Row, candidates: list[Preprocessed], index: dict[int, int]
-) -> list[float]:
+def _scores(logits: torch.Tensor, row: Row, candidates: list[Preprocessed]) -> list[float]:
     """Each candidate's score: its top log-probability, less ENERGY_WEIGHT times its energy
     shortfall against the best whole group's and WIDE_COST times its width beyond the row's
-    height (`logits` (N, 10) of `candidates`, whose rows `index` gives by `id`)."""
+    height (`logits` (N, 10): one row per candidate, in order)."""
     score = logits.log_softmax(1).max(1).values
     energy = logits.logsumexp(1)
-    reference = [index[id(o[0][0])] for o in row.readings if len(o[0]) == 1]
+    whole = {id(o[0][0]) for o in row.readings if len(o[0]) == 1}
+    reference = [i for i, d in enumerate(candidates) if id(d) in whole]
     if reference:
         score = score + ENERGY_WEIGHT * (energy - energy[reference].max()).clamp(max=0)
     if row.height:
@@ -119,7 +118,7 @@ def _read(
     # The reading is chosen on the raw logits, the scale the costs above were set on; the
     # digits' reported probabilities are the calibrated ones.
     index = {id(d): i for i, d in enumerate(candidates)}
-    score = _scores(logits[0], row, candidates, index)
+    score = _scores(logits[0], row, candidates)
     probs = probabilities(logits, model.meta, use_tta=False)
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]

@@ -708,9 +708,11 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
                 continue
             tried.add(columns)
             pieces = _cut(keep, [left + c for c in columns])
-            short = min(_box(p)[3] - _box(p)[1] for p in pieces) < CUT_HEIGHT * height
-            if len(pieces) == count and not (whole and short):
-                options.append(pieces)
+            if len(pieces) != count:
+                continue
+            if whole and min(_box(p)[3] - _box(p)[1] for p in pieces) < CUT_HEIGHT * height:
+                continue  # one digit's ink cut into a piece shorter than a digit
+            options.append(pieces)
     return options or [[keep]]
 
 
