@@ -214,6 +214,15 @@ def test_a_long_stroke_is_not_a_ruled_line() -> None:
     assert one.box[3] - one.box[1] > 300
 
 
+def test_a_fine_pen_1_down_the_page_is_not_a_ruled_line() -> None:
+    # As thin as a ruled line and nearly as long, but it stops short of the frame at both ends
+    # (a paper line runs off the frame at one end at least): it stays, the only ink there is.
+    page = Image.new("L", (300, 360), 235)
+    ImageDraw.Draw(page).line((150, 15, 152, 345), fill=40, width=2)
+    one = preprocess_image(page)
+    assert one.box[3] - one.box[1] > 300
+
+
 def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
     # A stem with a loop at its foot (a 6, a b): 0.8 heights wide, but a cut would leave the
     # loop, half as tall as the row. Two tall strokes joined at the foot may be cut (11).

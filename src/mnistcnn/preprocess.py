@@ -269,9 +269,10 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
     """Mask without ruled or squared paper lines or a page edge: thin lines across the frame.
 
     Lines are found by a Hough vote of the mask's pixels over angles near horizontal and
-    vertical; a line must reach across the frame and be thin along most of its length (a
-    digit written on a margin line does not make it a stroke). Its pixels are removed except
-    where a stroke crosses it (restored by a closing across the line).
+    vertical; a line must reach across the frame, off its edge at one end at least, and be
+    thin along most of its length (a digit written on a margin line does not make it a
+    stroke). Its pixels are removed except where a stroke crosses it (restored by a closing
+    across the line).
     """
     height, width = mask.shape
     ys, xs = np.nonzero(mask)
@@ -302,6 +303,10 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
             on = np.abs(rho_all - (line + offset)) <= 1.5
             reach = along[on]
             if reach.min() > 0.15 * span or reach.max() < 0.85 * span:
+                continue
+            # Paper lines run off the frame at one end at least (a page edge may stop the
+            # other); a stroke that stops short of both is a digit's (a tall 1 in a fine pen).
+            if min(reach.min(), span - 1 - reach.max()) > 0.01 * span:
                 continue
             if not _thin(mask, line + offset, t, vertical, thick):
                 continue
