@@ -17,12 +17,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.predict import classify
-from mnistcnn.preprocess import Preprocessed, open_image, preprocess, steps_panel
+from mnistcnn.preprocess import (
+    Preprocessed,
+    open_image,
+    preprocess,
+    preprocess_image,
+    steps_panel,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen
@@ -168,6 +174,28 @@ def test_blank_paper_under_uneven_light_has_no_digit(tmp_path: Path) -> None:
     Image.fromarray((np.clip(paper, 0, 1) * 255).astype(np.uint8)).save(path, quality=85)
     with pytest.raises(ImageError, match="no digit"):
         preprocess(path)
+
+
+@pytest.mark.parametrize(
+    ("paper", "ink", "width"),
+    [((0, 0, 255), (0, 0, 0), 8), ((184, 212, 239), (220, 140, 160), 1)],
+    ids=["black-on-pure-blue", "fine-pink-pen-on-blue"],
+)
+def test_ink_on_tinted_paper_is_found(
+    paper: tuple[int, int, int], ink: tuple[int, int, int], width: int
+) -> None:
+    # Each colour is weighed against the paper's own. A pure blue background (a digit drawn
+    # in a paint program) reflects no red: the darkest colour was the paper's red, and there
+    # was no contrast at all. A pink pen on blue paper is dark in green and blue, where the
+    # paper's darkest colour is its red: a fine stroke fell under a blank page's contrast.
+    rng = np.random.default_rng(0)
+    page = Image.new("RGB", (400, 400), paper)
+    ImageDraw.Draw(page).line([(190, 150), (215, 150), (200, 195), (205, 240)], ink, width)
+    noisy = np.asarray(page, np.float32) + rng.normal(0, 3, (400, 400, 3))
+    found = preprocess_image(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert np.allclose(found.box, (190, 150, 215, 240), atol=6), found.box
+    with pytest.raises(ImageError, match="no digit"):  # the same paper, blank
+        preprocess_image(Image.new("RGB", (400, 400), paper))
 
 
 def test_a_12_megapixel_photo_is_preprocessed_fast(

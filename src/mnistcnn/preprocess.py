@@ -221,11 +221,21 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luminance = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255
     dark = _dark_ink(luminance)
-    # Inks absorb at least one colour strongly while paper or a board reflects all three
-    # alike: the darkest channel carries a pen's contrast whatever its colour (blue on yellow,
-    # red on pink), the brightest a chalk's.
-    pick = np.minimum if dark else np.maximum
-    channel = pick(pick(red, green), blue).astype(np.float32) / 255
+    # Inks absorb at least one colour strongly while a board reflects all three alike: the
+    # darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
+    # Paper may be tinted: each channel is taken relative to the paper's (the frame's median)
+    # first, or a red pen on blue paper has the paper's weak red beside its own weak green; a
+    # colour the paper hardly reflects shows no ink and is left out.
+    if dark:
+        paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
+        used = [
+            channel * np.float32(1 / level)
+            for channel, level in zip((red, green, blue), paper, strict=True)
+            if level >= 0.25 * paper.max()
+        ]
+        channel = np.minimum.reduce(used)
+    else:
+        channel = np.maximum(np.maximum(red, green), blue).astype(np.float32) / 255
     # Sensor noise and JPEG blocks are finer than any stroke at this size.
     smooth = ndimage.gaussian_filter(channel, 1.0)
     # The background is smooth: estimate it at half resolution, pooled so that strokes fade.
