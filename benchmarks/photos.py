@@ -162,6 +162,7 @@ def evaluate_multi(
     seed: int,
     touch: bool = False,
     keep: Path | None = None,
+    use_tta: bool = False,
 ) -> dict[str, float]:
     """Fraction of generated 4-digit numbers read entirely right, and of their digits."""
     conditions = [c for c in CONDITIONS if c not in ("large", "mixed")]
@@ -173,7 +174,7 @@ def evaluate_multi(
     with tempfile.TemporaryDirectory() as tmp:
         for path, photo in zip(_write(photos, Path(tmp)), photos, strict=True):
             try:
-                number = read_number(model, path).number or ""
+                number = read_number(model, path, use_tta=use_tta).number or ""
             except ImageError:
                 number = ""
             right += number == photo.label
@@ -194,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS), metavar="NAME")
     parser.add_argument("--multi", type=int, default=0, metavar="N", help="4-digit numbers")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy misread photos here")
-    parser.add_argument("--tta", action="store_true", help="add a column: (c) with --tta")
+    parser.add_argument(
+        "--tta", action="store_true", help="also read with --tta: a column, and --multi's lines"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -231,12 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.multi:
         print()
         for touch in (False, True):
-            r = evaluate_multi(model, images, labels, args.multi, args.seed, touch, args.keep)
-            kind = "with two digits touching" if touch else "digits apart"
-            print(
-                f"--multi, {kind}: {100 * r['numbers']:.1f} % of {args.multi} 4-digit numbers "
-                f"read entirely right ({100 * r['digits']:.1f} % of digits in place)"
-            )
+            for use_tta in (False, True) if args.tta else (False,):
+                r = evaluate_multi(
+                    model,
+                    images,
+                    labels,
+                    args.multi,
+                    args.seed,
+                    touch,
+                    None if use_tta else args.keep,
+                    use_tta,
+                )
+                kind = "with two digits touching" if touch else "digits apart"
+                print(
+                    f"--multi{' --tta' if use_tta else ''}, {kind}: {100 * r['numbers']:.1f} % "
+                    f"of {args.multi} 4-digit numbers read entirely right "
+                    f"({100 * r['digits']:.1f} % of digits in place)",
+                    flush=True,
+                )
     return 0
 
 

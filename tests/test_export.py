@@ -232,7 +232,7 @@ def test_predict_onnx_errors(
     assert main(["predict", str(image), "-m", str(bare)]) == 1
     assert "not an mnistcnn export" in capsys.readouterr().err
     assert main(["predict", str(image), "-m", str(digit_onnx[0]), "--tta"]) == 1
-    assert capsys.readouterr().err.startswith("mnistcnn: error: --tta works on single digits")
+    assert capsys.readouterr().err.startswith("mnistcnn: error: --tta works with a .pth model")
 
 
 def test_predict_onnx_folder_in_process(

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mnistcnn.cli import main
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import predict_numbers, read_number
+from mnistcnn.predict import _read, classify, predict_numbers, read_number
+from mnistcnn.preprocess import segment
 
 pytestmark = pytest.mark.slow  # uses the session's trained digit model
 
@@ -64,6 +66,20 @@ def test_numbers_are_read_left_to_right(digit_model: DigitNet, numbers: dict[Pat
         assert 0 < r.probability <= 1
 
 
+def test_tta_reads_numbers_with_the_views_probabilities(
+    digit_model: DigitNet, numbers: dict[Path, str]
+) -> None:
+    reads = list(predict_numbers(digit_model, list(numbers), use_tta=True))
+    right = np.mean([r.number == numbers[Path(r.path)] for r in reads])
+    assert right >= 0.75, [(r.number, numbers[Path(r.path)]) for r in reads]
+    for path in list(numbers)[:5]:
+        read, digits = _read(digit_model, path, segment(path), 1, use_tta=True)
+        views = classify(digit_model, np.stack([d.image for d in digits]), use_tta=True)
+        assert [top[0][1] for top in read.digits] == pytest.approx(views.max(1).values.tolist())
+        plain = classify(digit_model, np.stack([d.image for d in digits]))
+        assert not torch.allclose(views, plain)  # the views were used, not the plain image
+
+
 def test_read_number_top_k(digit_model: DigitNet, numbers: dict[Path, str]) -> None:
     path = next(iter(numbers))
     read = read_number(digit_model, path, top_k=3)
@@ -101,6 +117,10 @@ def test_cli_multi(
     for path in paths:
         with Image.open(views / f"{path.stem}.png") as img:
             assert img.height == 28 and img.width % 28 == 0  # one 28x28 tile per digit
+
+    assert main([*args, "--tta"]) == 0
+    with_tta = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in with_tta] == [str(p) for p in paths]
 
     assert main([*args, "--json", "-k", "2"]) == 0
     results = json.loads(capsys.readouterr().out)

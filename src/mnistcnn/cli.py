@@ -168,8 +168,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (args.multi or onnx):
         raise ConfigError("--explain works on single digits with a .pth model")
-    if args.tta and (args.multi or onnx):
-        raise ConfigError("--tta works on single digits with a .pth model (its views need torch)")
+    if args.tta and onnx:
+        raise ConfigError("--tta works with a .pth model (its views need torch)")
     if args.multi and onnx:
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
     if onnx:  # onnxruntime: torch is never imported
@@ -190,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "min_confidence": args.min_confidence,
     }
     if args.multi:
-        found: Iterable[Any] = predict_numbers(model, args.images, **options)
+        found: Iterable[Any] = predict_numbers(model, args.images, **options, use_tta=args.tta)
     else:
         found = predict_paths(model, args.images, **options, use_tta=args.tta)
     results = _show(found, args, _number_line if args.multi else _label_line)

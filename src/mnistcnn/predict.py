@@ -108,18 +108,18 @@ def _scores(logits: torch.Tensor, row: Row, candidates: list[Preprocessed]) -> l
 
 
 def _read(
-    model: DigitNet, path: Path, row: Row, top_k: int
+    model: DigitNet, path: Path, row: Row, top_k: int, use_tta: bool = False
 ) -> tuple[NumberPrediction, list[Preprocessed]]:
     """Pick the likeliest reading of the row (groups whole, cut where digits touch, or joined
     where one digit is broken in two) and read it: a best path over the groups."""
     candidates = [d for options in row.readings for option in options for d in option]
     candidates += [d for d in row.joined if d is not None]
-    logits = view_logits(model, np.stack([d.image for d in candidates]))
-    # The reading is chosen on the raw logits, the scale the costs above were set on; the
-    # digits' reported probabilities are the calibrated ones.
+    logits = view_logits(model, np.stack([d.image for d in candidates]), use_tta)
+    # The reading is chosen on the raw logits (with TTA their mean over the views), the scale
+    # the costs above were set on; the digits' reported probabilities are the calibrated ones.
     index = {id(d): i for i, d in enumerate(candidates)}
-    score = _scores(logits[0], row, candidates)
-    probs = probabilities(logits, model.meta, use_tta=False)
+    score = _scores(logits.mean(0), row, candidates)
+    probs = probabilities(logits, model.meta, use_tta)
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]
     for i, options in enumerate(row.readings):
@@ -146,9 +146,11 @@ def _read(
     return read, digits
 
 
-def read_number(model: DigitNet, path: str | Path, *, top_k: int = 1) -> NumberPrediction:
+def read_number(
+    model: DigitNet, path: str | Path, *, top_k: int = 1, use_tta: bool = False
+) -> NumberPrediction:
     """Read the digits in a row in one image, left to right (ImageError if there are none)."""
-    return _read(model, Path(path), segment(path), top_k)[0]
+    return _read(model, Path(path), segment(path), top_k, use_tta)[0]
 
 
 def predict_numbers(
@@ -158,6 +160,7 @@ def predict_numbers(
     top_k: int = 1,
     save_dir: str | Path | None = None,
     min_confidence: float = MIN_CONFIDENCE,
+    use_tta: bool = False,
 ) -> Iterator[NumberPrediction]:
     """Read every image as a row of digits (a year, a phone number), in input order; a number
     whose probability (every digit right) is under `min_confidence` is flagged."""
@@ -168,7 +171,7 @@ def predict_numbers(
         except ImageError as exc:
             yield NumberPrediction(str(path), error=str(exc))
             continue
-        read, digits = _read(model, path, row, top_k)
+        read, digits = _read(model, path, row, top_k, use_tta)
         if views is not None and row.steps is not None:
             crops = [d.crop for d in digits if d.crop is not None]
             steps = replace(
