@@ -263,13 +263,19 @@ def ink_map(img: Image.Image) -> np.ndarray:
 
 def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Ink above the paper's level, the pixels that may be ink, and the strongest ink's contrast."""
-    sample = ink[::2, ::2]  # the paper's level and noise from a quarter of it: as good, faster
-    base = float(np.median(sample))
-    spread = 1.4826 * float(np.median(np.abs(sample - base)))
-    contrast = ink - base
     # The 0.02 % strongest pixels: a digit has more than that, sensor noise peaks do not count.
-    k = max(10, contrast.size // 5000)
-    peak = float(np.partition(contrast.ravel(), -k)[-k])
+    k = max(10, ink.size // 5000)
+    strongest = float(np.partition(ink.ravel(), -k)[-k])
+    # The paper's level and noise from a quarter of the pixels (as good, faster), those under
+    # half the strongest ink's: a digit cropped tightly can cover half the frame.
+    sample = ink[::2, ::2].ravel()
+    paper = sample[sample < 0.5 * strongest]
+    if paper.size < sample.size // 10:  # no level stands apart: the frame is all one
+        paper = sample
+    base = float(np.median(paper))
+    spread = 1.4826 * float(np.median(np.abs(paper - base)))
+    contrast = ink - base
+    peak = strongest - base
     if peak < max(MIN_CONTRAST, 8 * spread):
         raise ImageError("no digit found (the image is blank or has almost no contrast)")
     return contrast, contrast > max(FAINT_LEVEL * peak, 5 * spread), peak
