@@ -62,6 +62,7 @@ class Scene:
     orientation: int = 1  # EXIF orientation tag; the pixels are stored so a viewer shows it upright
     upscale: int = 1  # enlarge the rendered frame by this factor before encoding (12 MP photos)
     touch: bool = False  # a row of digits: two neighbours touch (else they stand apart)
+    crop: float | None = None  # cropped to the ink, this margin (of its box's longer side) left
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,11 @@ def _transparent(s: Scene, rng: np.random.Generator) -> Scene:
     )
 
 
+def _cropped(s: Scene, rng: np.random.Generator) -> Scene:
+    # The photo cropped to the digit, 0-5 % of it left around: ink covers up to half the frame.
+    return replace(s, crop=_u(rng, 0.0, 0.05))
+
+
 def _exif(s: Scene, rng: np.random.Generator) -> Scene:
     return replace(s, orientation=int(rng.integers(2, 9)))
 
@@ -275,11 +281,14 @@ RECIPES: dict[str, Recipe] = {
     "marker": _marker,
     "chalk": _chalk,
     "transparent": _transparent,
+    "cropped": _cropped,
     "exif": _exif,
     "large": _large,
     "mixed": _mixed,
 }
 CONDITIONS = tuple(RECIPES)
+# The conditions a row of digits (`--multi`) is drawn under.
+ROW_CONDITIONS = tuple(c for c in CONDITIONS if c not in ("cropped", "large", "mixed"))
 
 
 def _thin_mask(mask: np.ndarray) -> np.ndarray:
@@ -565,6 +574,25 @@ def encode(image: Image.Image, scene: Scene) -> tuple[bytes, str]:
     return buffer.getvalue(), ".jpg"
 
 
+def _crop(
+    image: Image.Image, box: tuple[float, float, float, float], margin: float
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """The picture cut to the ink's box and `margin` of its longer side around it."""
+    left, top, right, bottom = np.multiply(box, [image.width, image.height] * 2)
+    pad = margin * max(right - left, bottom - top)
+    x0, y0 = max(0, math.floor(left - pad)), max(0, math.floor(top - pad))
+    x1 = min(image.width, math.ceil(right + pad))
+    y1 = min(image.height, math.ceil(bottom + pad))
+    w, h = x1 - x0, y1 - y0
+    inside = (
+        float(left - x0) / w,
+        float(top - y0) / h,
+        float(right - x0) / w,
+        float(bottom - y0) / h,
+    )
+    return image.crop((x0, y0, x1, y1)), inside
+
+
 def make_photo(
     digits: Sequence[np.ndarray],
     labels: Sequence[int],
@@ -577,6 +605,8 @@ def make_photo(
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
     scene = replace(RECIPES[condition](base_scene(rng), rng), touch=touch)
     image, box = render(digits, scene, rng)
+    if scene.crop is not None:
+        image, box = _crop(image, box, scene.crop)
     data, suffix = encode(image, scene)
     return Photo(data, suffix, "".join(str(int(v)) for v in labels), condition, box)
 

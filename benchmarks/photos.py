@@ -31,7 +31,7 @@ from mnistcnn.predict import classify, read_number
 from mnistcnn.preprocess import preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photogen import CONDITIONS, Photo, photo_set
+from photogen import CONDITIONS, ROW_CONDITIONS, Photo, photo_set
 
 # The baselines read big photos through a JPEG draft (at least 1024 px) to keep the run short;
 # their results are the same as at full size.
@@ -165,10 +165,11 @@ def evaluate_multi(
     use_tta: bool = False,
 ) -> dict[str, float]:
     """Fraction of generated 4-digit numbers read entirely right, and of their digits."""
-    conditions = [c for c in CONDITIONS if c not in ("large", "mixed")]
     name = "touching" if touch else "multi"
     photos = list(
-        photo_set(images, labels, name, count, seed, digits=4, conditions=conditions, touch=touch)
+        photo_set(
+            images, labels, name, count, seed, digits=4, conditions=ROW_CONDITIONS, touch=touch
+        )
     )
     right = digits_right = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,10 +40,11 @@ def numbers(
 ) -> dict[Path, str]:
     """16 photos of 4-digit numbers, digits apart, under conditions drawn at random."""
     folder = tmp_path_factory.mktemp("numbers")
-    conditions = [c for c in photogen.CONDITIONS if c not in ("large", "mixed")]
     made = {}
     for i, photo in enumerate(
-        photogen.photo_set(*test_digits, "multi", 16, seed=2, digits=4, conditions=conditions)
+        photogen.photo_set(
+            *test_digits, "multi", 16, seed=2, digits=4, conditions=photogen.ROW_CONDITIONS
+        )
     ):
         path = folder / f"n{i:02d}{photo.suffix}"
         path.write_bytes(photo.data)
