@@ -229,8 +229,8 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
     if dark:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
         used = [
-            channel * np.float32(1 / level)
-            for channel, level in zip((red, green, blue), paper, strict=True)
+            values * np.float32(1 / level)
+            for values, level in zip((red, green, blue), paper, strict=True)
             if level >= 0.25 * paper.max()
         ]
         channel = np.minimum.reduce(used)
