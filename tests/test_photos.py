@@ -222,6 +222,33 @@ def test_a_digit_cropped_tightly_is_found(
     assert whole >= 28
 
 
+@pytest.mark.parametrize("frame", ["circle", "box"])
+def test_a_circle_or_box_drawn_around_the_digit_is_left_out(
+    test_digits: tuple[np.ndarray, np.ndarray], frame: str
+) -> None:
+    # A digit in a form's box or circled by its writer: the frame holds the digit in its hole
+    # and was taken for the digit, or joined to it as a stroke nearby (0 right of 10 before).
+    images, _ = test_digits
+    for digit in images[:10]:
+        ink = Image.fromarray(255 - digit).resize((280, 280), Image.Resampling.BICUBIC)
+        page = Image.new("L", (440, 440), 240)
+        page.paste(ink, (80, 80))
+        draw = ImageDraw.Draw(page)
+        shape = draw.ellipse if frame == "circle" else draw.rectangle
+        shape((30, 30, 410, 410), outline=20, width=7)
+        rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
+        drawn = (80 + 10 * cols[0], 80 + 10 * rows[0], 90 + 10 * cols[-1], 90 + 10 * rows[-1])
+        assert np.allclose(preprocess_image(page).box, drawn, atol=12)
+
+
+def test_a_speck_in_a_zero_does_not_make_it_a_frame() -> None:
+    page = Image.new("L", (300, 300), 240)
+    draw = ImageDraw.Draw(page)
+    draw.ellipse((90, 60, 210, 240), outline=20, width=14)
+    draw.ellipse((145, 140, 155, 150), fill=20)  # a dot in the 0's hole: under FRAMED_MASS
+    assert np.allclose(preprocess_image(page).box, (90, 60, 211, 241), atol=4)
+
+
 def test_a_12_megapixel_photo_is_preprocessed_fast(
     photos: dict[str, list[tuple[Path, photogen.Photo]]],
 ) -> None:

@@ -61,6 +61,9 @@ CROP_SIDE = 96
 # grain) and left out; above it they may be a dotted or skipped stroke, kept where they sit by
 # a digit.
 SPECK_MASS = 0.005
+# Ink inside the holes of the strongest piece, as a share of its mass, that makes that piece a
+# frame drawn around the digit (a circle, a form's box) rather than the digit.
+FRAMED_MASS = 0.2
 
 
 @dataclass(frozen=True)
@@ -412,6 +415,27 @@ def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
     )
 
 
+def _unframed(found: _Found) -> list[_Part]:
+    """The pieces of ink less circles or boxes drawn around the digit: pieces whose holes hold
+    other ink of at least FRAMED_MASS of their own (a 0's speck is too little)."""
+    boxes = np.array([p.box for p in found.parts])
+    masses = np.array([p.mass for p in found.parts])
+    # within[i, j]: piece j's box lies inside piece i's, the cheap test before the holes'.
+    within = (boxes[None, :, :2] >= boxes[:, None, :2]).all(2)
+    within &= (boxes[None, :, 2:] <= boxes[:, None, 2:]).all(2)
+    np.fill_diagonal(within, False)
+    frames = set()
+    for i in np.flatnonzero(within @ masses >= FRAMED_MASS * masses):
+        part = found.parts[i]
+        left, top, right, bottom = part.box
+        labels = found.labels[top:bottom, left:right]
+        ring = labels == part.label
+        inside = np.isin([p.label for p in found.parts], labels[ndimage.binary_fill_holes(ring)])
+        if masses[inside & within[i]].sum() >= FRAMED_MASS * part.mass:
+            frames.add(part.label)
+    return [p for p in found.parts if p.label not in frames]
+
+
 def _digit_parts(parts: list[_Part]) -> list[_Part]:
     """The strongest piece of ink and the pieces near it (a broken stroke, a detached bar)."""
     main = max(parts, key=_score)
@@ -563,14 +587,14 @@ def _keep(found: _Found, parts: list[_Part]) -> np.ndarray:
 def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
     """An opened image -> its MNIST-style 28x28 version (one digit)."""
     found = _analyse(img)
-    (digit,) = _digits(found, [_keep(found, _digit_parts(found.parts))])
+    (digit,) = _digits(found, [_keep(found, _digit_parts(_unframed(found)))])
     return replace(digit, steps=_trace(found, [digit])) if steps else digit
 
 
 def to_mnist(ink: np.ndarray) -> Preprocessed:
     """An ink map (bright ink on dark) -> the 28x28 image of the digit in it."""
     found = _find(np.zeros((*ink.shape, 3), np.uint8), ink)
-    return _digits(found, [_keep(found, _digit_parts(found.parts))])[0]
+    return _digits(found, [_keep(found, _digit_parts(_unframed(found)))])[0]
 
 
 def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
