@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.model import DigitNet
 from mnistcnn.predict import _read, classify, predict_numbers, read_number
@@ -118,9 +119,12 @@ def test_cli_multi(
         with Image.open(views / f"{path.stem}.png") as img:
             assert img.height == 28 and img.width % 28 == 0  # one 28x28 tile per digit
 
-    assert main([*args, "--tta"]) == 0
-    with_tta = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[0] for line in with_tta] == [str(p) for p in paths]
+    assert main([*args, "--tta", "--json"]) == 0
+    with_tta = [r["probability"] for r in json.loads(capsys.readouterr().out)]
+    model = load_model(digit_model_run["path"])
+    expected = [r.probability for r in predict_numbers(model, paths, use_tta=True)]
+    assert with_tta == pytest.approx(expected)
+    assert with_tta != pytest.approx([r.probability for r in predict_numbers(model, paths)])
 
     assert main([*args, "--json", "-k", "2"]) == 0
     results = json.loads(capsys.readouterr().out)

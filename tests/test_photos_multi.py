@@ -224,6 +224,18 @@ def test_a_fine_pen_1_down_the_page_is_not_a_ruled_line() -> None:
     assert one.box[3] - one.box[1] > 300
 
 
+def test_ruled_lines_that_stop_short_of_the_frame_are_still_erased() -> None:
+    # A notebook page with the table showing on both sides: its lines stop short of both
+    # ends of the frame, like the fine-pen 1 above, but there are several and a digit besides.
+    page = Image.new("RGB", (480, 360), (90, 70, 50))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((38, 0, 441, 359), fill=(235, 235, 228))
+    for y in range(20, 360, 30):
+        draw.line((38, y, 441, y), fill=(120, 150, 220), width=2)
+    draw.line([(220, 120), (260, 120), (235, 240)], fill=(20, 20, 30), width=9)  # a 7
+    assert np.allclose(preprocess_image(page).box, (216, 116, 264, 244), atol=8)
+
+
 def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
     # A stem with a loop at its foot (a 6, a b): 0.8 heights wide, but a cut would leave the
     # loop, half as tall as the row. Two tall strokes joined at the foot may be cut (11).

@@ -231,8 +231,9 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
     # colour the paper hardly reflects shows no ink and is left out.
     if dark:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
+        # Weighed against each other only: the brightest keeps its scale, [0, 1].
         used = [
-            values * np.float32(1 / level)
+            values * np.float32(paper.max() / (255 * level))
             for values, level in zip((red, green, blue), paper, strict=True)
             if level >= 0.25 * paper.max()
         ]
@@ -288,10 +289,11 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
     """Mask without ruled or squared paper lines or a page edge: thin lines across the frame.
 
     Lines are found by a Hough vote of the mask's pixels over angles near horizontal and
-    vertical; a line must reach across the frame, off its edge at one end at least, and be
-    thin along most of its length (a digit written on a margin line does not make it a
-    stroke). Its pixels are removed except where a stroke crosses it (restored by a closing
-    across the line).
+    vertical; a line must reach across the frame and be thin along most of its length (a
+    digit written on a margin line does not make it a stroke). Its pixels are removed except
+    where a stroke crosses it (restored by a closing across the line). A lone line that stops
+    short of both ends of the frame, with next to nothing else on the page, is a stroke: a 1
+    down the page in a fine pen.
     """
     height, width = mask.shape
     ys, xs = np.nonzero(mask)
@@ -303,6 +305,7 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
     weight = mask.sum() / len(ys)
     thick = max(3, round(0.015 * min(height, width)))
     out = mask.copy()
+    erased: list[tuple[bool, float, bool]] = []  # vertical, position, stops short of both ends
     for vertical in (False, True):
         along, across = (ys, xs) if vertical else (xs, ys)
         span = height if vertical else width
@@ -323,13 +326,17 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
             reach = along[on]
             if reach.min() > 0.15 * span or reach.max() < 0.85 * span:
                 continue
-            # Paper lines run off the frame at one end at least (a page edge may stop the
-            # other); a stroke that stops short of both is a digit's (a tall 1 in a fine pen).
-            if min(reach.min(), span - 1 - reach.max()) > 0.01 * span:
-                continue
             if not _thin(mask, line + offset, t, vertical, thick):
                 continue
             out = _erase_line(out, mask, line + offset, t, vertical)
+            short = min(reach.min(), span - 1 - reach.max()) > 0.01 * span
+            erased.append((vertical, line + offset, short))
+    # One line (give or take its width) that stops short of both ends of the frame, with next
+    # to nothing else on the page, is a stroke.
+    positions = [position for _, position, _ in erased]
+    lone = len({vertical for vertical, _, _ in erased}) == 1 and np.ptp(positions) <= thick
+    if lone and all(short for _, _, short in erased) and out.sum() < 0.05 * mask.sum():
+        return mask
     return out
 
 
