@@ -61,8 +61,8 @@ CROP_SIDE = 96
 # grain) and left out; above it they may be a dotted or skipped stroke, kept where they sit by
 # a digit.
 SPECK_MASS = 0.005
-# Ink inside the holes of the strongest piece, as a share of its mass, that makes that piece a
-# frame drawn around the digit (a circle, a form's box) rather than the digit.
+# Ink inside a piece's holes, as a share of the piece's own, that makes it a frame drawn around
+# the digit (a circle, a form's box) rather than part of the digit.
 FRAMED_MASS = 0.2
 
 
@@ -226,9 +226,9 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
     dark = _dark_ink(luminance)
     # Inks absorb at least one colour strongly while a board reflects all three alike: the
     # darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
-    # Paper may be tinted: each channel is taken relative to the paper's (the frame's median)
-    # first, or a red pen on blue paper has the paper's weak red beside its own weak green; a
-    # colour the paper hardly reflects shows no ink and is left out.
+    # Paper may be tinted: the channels are weighed against each other by the paper's level in
+    # each (the frame's median), or a red pen on blue paper has the paper's weak red beside its
+    # own weak green; a colour the paper hardly reflects shows no ink and is left out.
     if dark:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
         # Weighed against each other only: the brightest keeps its scale, [0, 1].
@@ -331,8 +331,6 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
             out = _erase_line(out, mask, line + offset, t, vertical)
             short = min(reach.min(), span - 1 - reach.max()) > 0.01 * span
             erased.append((vertical, line + offset, short))
-    # One line (give or take its width) that stops short of both ends of the frame, with next
-    # to nothing else on the page, is a stroke.
     positions = [position for _, position, _ in erased]
     lone = len({vertical for vertical, _, _ in erased}) == 1 and np.ptp(positions) <= thick
     if lone and all(short for _, _, short in erased) and out.sum() < 0.05 * mask.sum():
@@ -591,17 +589,22 @@ def _keep(found: _Found, parts: list[_Part]) -> np.ndarray:
     return np.isin(found.labels, [p.label for p in parts])
 
 
+def _one_digit(found: _Found) -> np.ndarray:
+    """Where the digit of a single-digit image is: its strongest piece and the pieces near it."""
+    return _keep(found, _digit_parts(_unframed(found)))
+
+
 def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
     """An opened image -> its MNIST-style 28x28 version (one digit)."""
     found = _analyse(img)
-    (digit,) = _digits(found, [_keep(found, _digit_parts(_unframed(found)))])
+    (digit,) = _digits(found, [_one_digit(found)])
     return replace(digit, steps=_trace(found, [digit])) if steps else digit
 
 
 def to_mnist(ink: np.ndarray) -> Preprocessed:
     """An ink map (bright ink on dark) -> the 28x28 image of the digit in it."""
     found = _find(np.zeros((*ink.shape, 3), np.uint8), ink)
-    return _digits(found, [_keep(found, _digit_parts(_unframed(found)))])[0]
+    return _digits(found, [_one_digit(found)])[0]
 
 
 def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
