@@ -322,15 +322,15 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
         for line in np.flatnonzero(counts >= 0.6 * span):
             if counts[line] < counts[max(0, line - 2) : line + 3].max():
                 continue  # the same line, off its centre
-            on = np.abs(rho_all - (line + offset)) <= 1.5
-            reach = along[on]
+            rho = line + offset
+            reach = along[np.abs(rho_all - rho) <= 1.5]
             if reach.min() > 0.15 * span or reach.max() < 0.85 * span:
                 continue
-            if not _thin(mask, line + offset, t, vertical, thick):
+            if not _thin(mask, rho, t, vertical, thick):
                 continue
-            out = _erase_line(out, mask, line + offset, t, vertical)
+            out = _erase_line(out, mask, rho, t, vertical)
             short = min(reach.min(), span - 1 - reach.max()) > 0.01 * span
-            erased.append((vertical, line + offset, short))
+            erased.append((vertical, rho, short))
     positions = [position for _, position, _ in erased]
     lone = len({vertical for vertical, _, _ in erased}) == 1 and np.ptp(positions) <= thick
     if lone and all(short for _, _, short in erased) and out.sum() < 0.05 * mask.sum():
