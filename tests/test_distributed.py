@@ -76,6 +76,15 @@ def test_global_batch_splits_evenly() -> None:
         distributed.per_rank_batch(128, distributed.World(0, 3))
 
 
+def test_more_processes_than_gpus_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen on a 1-GPU machine: the second process failed in set_device with a traceback.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cpu = torch.device("cpu")
+    assert distributed.local_device(cpu, distributed.World(1, 2, 1)) == cpu
+    with pytest.raises(ConfigError, match=r"process 1 on this machine has no GPU .*\(1 here\)"):
+        distributed.local_device(torch.device("cuda"), distributed.World(1, 2, 1))
+
+
 def test_one_process_collectives_are_identities() -> None:
     world = distributed.World()
     values = {"loss": 0.5, "accuracy": 0.9}

@@ -399,6 +399,18 @@ def test_cuda_without_cuda_is_a_config_error(name: str) -> None:
         resolve_device(name)
 
 
+def test_a_cuda_index_past_the_machines_gpus_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen on a 1-GPU machine: cuda:1 passed the check and failed in the first copy to it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match=r"cuda:1 but this machine has 1 GPU\(s\): use cuda:0$"):
+        resolve_device("cuda:1")
+
+
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
 def test_mps_without_mps_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="MPS is not available"):

@@ -74,6 +74,11 @@ def per_rank_batch(batch_size: int, world: World) -> int:
 def local_device(device: torch.device, world: World) -> torch.device:
     """With several processes on CUDA, each uses the GPU of its local rank."""
     if world.distributed and device.type == "cuda":
+        if world.local_rank >= (count := torch.cuda.device_count()):
+            raise ConfigError(
+                f"process {world.local_rank} on this machine has no GPU of its own ({count} "
+                "here): start at most one process per GPU, or train on the CPU (--device cpu)"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     return device

@@ -66,6 +66,11 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+        valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise ConfigError(
+            f"train.device is {name} but this machine has {count} GPU(s): use {valid}"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device is mps but MPS is not available here; use auto or cpu")
     return device
