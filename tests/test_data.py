@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from mnistcnn import data
 from mnistcnn.config import AugmentConfig, DataConfig
@@ -239,6 +240,26 @@ def test_loader_batches_are_seeded_and_cover_every_image_once() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert sorted(torch.cat(a).tolist()) == list(range(100))
+
+
+def test_loader_batches_are_the_plain_dataloaders_as_index_tensors_on_the_datas_device() -> None:
+    # The same batches, and the same draws from the generator, as a shuffled DataLoader of
+    # lists; but each epoch's order goes to the data's device once (per step on CUDA, a copy
+    # from a list waits for the GPU), so the batches' indices are tensors there already.
+    split = indexed(100)
+    plain = DataLoader(
+        TensorDigits(split), 32, shuffle=True, generator=torch.Generator(), collate_fn=lambda b: b
+    )
+    ours = train_loader(split, 32, torch.Generator())
+    for loader in (plain, ours):
+        assert loader.generator is not None
+        loader.generator.manual_seed(5)
+    for _ in range(2):  # epochs
+        got = [labels for _, labels in ours]
+        assert all(torch.equal(x, y) for x, y in zip(got, [y for _, y in plain], strict=True))
+    assert torch.equal(ours.generator.get_state(), plain.generator.get_state())
+    batches = list(ours.batch_sampler)
+    assert all(isinstance(b, torch.Tensor) and b.device == split.labels.device for b in batches)
 
 
 def test_loader_yields_uint8_images_with_their_labels(mnist_test: Split) -> None:

@@ -53,7 +53,7 @@ if os.environ.get("RANK") is not None and os.environ.get("MNISTCNN_PROBE"):
         if rank == "1" and restart == "0" and calls[0] == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         with open(log, "a") as f:
-            f.write(" ".join(map(str, indices)) + "\\n")
+            f.write(" ".join(map(str, indices.tolist())) + "\\n")
         return drawn(self, indices)
 
     TensorDigits.__getitems__ = probe
@@ -105,7 +105,7 @@ def test_shards_are_disjoint_and_make_contiguous_global_batches() -> None:
     orders = []
     for epoch in (1, 2):
         for loader in loaders:
-            loader.sampler.set_epoch(epoch)
+            loader.batch_sampler.sampler.set_epoch(epoch)
         batches = [[labels for _, labels in loader] for loader in loaders]
         shards = [torch.cat(b) for b in batches]
         assert [len(s) for s in shards] == [n // ranks] * ranks  # the last 2 images left out
@@ -127,7 +127,8 @@ def test_shards_are_disjoint_and_make_contiguous_global_batches() -> None:
 
 def _env(probe_dir: Path, **extra: str) -> dict[str, str]:
     (probe_dir / "sitecustomize.py").write_text(PROBE)
-    env = {**os.environ, "PYTHONPATH": str(probe_dir), "MNISTCNN_PROBE": str(probe_dir)}
+    path = os.pathsep.join(filter(None, [str(probe_dir), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "MNISTCNN_PROBE": str(probe_dir)}
     env["OMP_NUM_THREADS"] = "1"
     return {**env, **extra}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from mnistcnn.checkpoint import atomic_write
 from mnistcnn.config import AugmentConfig, DataConfig
@@ -159,10 +159,28 @@ class TensorDigits(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split.images[index], self.split.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # DataLoader calls this with a whole batch of indices when it exists.
         index = torch.as_tensor(indices, device=self.split.labels.device)
         return self.split.images[index], self.split.labels[index]
+
+
+class DeviceBatches(Sampler[torch.Tensor]):
+    """A sampler's indices for a whole epoch, copied to `device` once and cut into batches.
+
+    The same batches as `batch_size` over the sampler, but as index tensors already on the
+    data's device: a list of ints would be copied there at every step, and on CUDA a copy
+    from pageable memory waits for the GPU's queue to drain, so the host could never run ahead.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, device: torch.device) -> None:
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield from torch.tensor(list(self.sampler), device=self.device).split(self.batch_size)
 
 
 def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,29 +189,27 @@ def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
 
 def train_loader(split: Split, batch_size: int, generator: torch.Generator) -> DataLoader:
     """Shuffled batches (a seeded randperm each epoch) of (uint8 images, labels)."""
-    return DataLoader(
-        TensorDigits(split),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=_keep_batch,
+    digits = TensorDigits(split)
+    batches = DeviceBatches(
+        RandomSampler(digits, generator=generator), batch_size, split.labels.device
     )
+    return DataLoader(digits, batch_sampler=batches, generator=generator, collate_fn=_keep_batch)
 
 
 def shard_loader(split: Split, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
     """This process's shard of each epoch, in batches of `batch_size`.
 
     Every process draws the same permutation (seeded by `seed` and the epoch: call
-    `loader.sampler.set_epoch(epoch)`) and takes every `ranks`-th index from `rank` on, so the
-    shards are disjoint and together their k-th batches make one contiguous global batch. The
-    last `len(split) % ranks` images of each permutation are left out.
+    `loader.batch_sampler.sampler.set_epoch(epoch)`) and takes every `ranks`-th index from
+    `rank` on, so the shards are disjoint and together their k-th batches make one contiguous
+    global batch. The last `len(split) % ranks` images of each permutation are left out.
     """
+    digits = TensorDigits(split)
     sampler = DistributedSampler(
-        TensorDigits(split), num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
+        digits, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
-    return DataLoader(
-        TensorDigits(split), batch_size=batch_size, sampler=sampler, collate_fn=_keep_batch
-    )
+    batches = DeviceBatches(sampler, batch_size, split.labels.device)
+    return DataLoader(digits, batch_sampler=batches, collate_fn=_keep_batch)
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -473,7 +473,7 @@ def _train(
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             if world.distributed:
-                loader.sampler.set_epoch(epoch)
+                loader.batch_sampler.sampler.set_epoch(epoch)
             with tqdm(
                 total=len(loader),
                 desc=f"epoch {epoch}/{cfg.train.epochs}",
