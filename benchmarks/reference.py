@@ -37,6 +37,7 @@ class ReferenceNet(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
+CPU = torch.device("cpu")
 TRANSFORM = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
 
 
@@ -48,22 +49,25 @@ def loaders(root: str) -> tuple[DataLoader, DataLoader]:
 
 
 @torch.no_grad()
-def test_accuracy(model: nn.Module, test_loader: DataLoader) -> float:
+def test_accuracy(model: nn.Module, test_loader: DataLoader, device: torch.device = CPU) -> float:
     """The example's test loop: accuracy over the 10k test images."""
     model.eval()
     correct = 0
     for data, labels in test_loader:
-        correct += (model(data).argmax(1) == labels).sum().item()
+        correct += (model(data.to(device)).argmax(1).cpu() == labels).sum().item()
     return correct / len(test_loader.dataset)
 
 
-def train_until(root: str, target: float, max_epochs: int, seed: int = 1) -> Iterator[dict]:
+def train_until(
+    root: str, target: float, max_epochs: int, seed: int = 1, device: torch.device = CPU
+) -> Iterator[dict]:
     """Train epoch by epoch; yield the test accuracy and the cumulative training seconds (data
-    loading included, testing excluded) after each epoch; stop at `target` or `max_epochs`."""
+    loading included, testing excluded) after each epoch; stop at `target` or `max_epochs`.
+    On a GPU each batch is copied there, as the example does with --cuda."""
     torch.manual_seed(seed)
     started = time.perf_counter()
     train_loader, test_loader = loaders(root)
-    model = ReferenceNet()
+    model = ReferenceNet().to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
     train_seconds = time.perf_counter() - started
@@ -72,11 +76,13 @@ def train_until(root: str, target: float, max_epochs: int, seed: int = 1) -> Ite
         model.train()
         for data, labels in train_loader:
             optimizer.zero_grad()
-            F.nll_loss(model(data), labels).backward()
+            F.nll_loss(model(data.to(device)), labels.to(device)).backward()
             optimizer.step()
         scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - t0
-        accuracy = test_accuracy(model, test_loader)
+        accuracy = test_accuracy(model, test_loader, device)
         yield {"epoch": epoch, "accuracy": accuracy, "seconds": train_seconds, "model": model}
         if accuracy >= target:
             return

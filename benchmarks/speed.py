@@ -72,26 +72,30 @@ def time_to_99(data_dir: str, seeds: int, out_dir: Path) -> tuple[dict, list[dic
     return ref, fast
 
 
-def eval_throughput(model_path: Path, data_dir: str, repeats: int = 3) -> dict[str, float]:
+def eval_throughput(
+    model_path: Path, data_dir: str, repeats: int = 3, device: torch.device = reference.CPU
+) -> dict[str, float]:
     """Test-set images/s of one model's weights: the example's test loop (batch 1000, float32),
     mnistcnn's eval path as `mnistcnn eval` runs it (data loading included: cached tensors,
-    BatchNorm folded, batches sized to the caches) and the same with `--amp`."""
-    ours = load_model(model_path).to(memory_format=torch.channels_last)
+    BatchNorm folded, batches sized to the caches; 1000 on a GPU) and the same with `--amp`.
+    On a GPU both end with the logits back on the host."""
+    ours = load_model(model_path).to(device, memory_format=torch.channels_last)
     _, test_loader = reference.loaders(data_dir)
     images = len(test_loader.dataset)
     times: dict[str, list[float]] = {"reference": [], "eval": [], "eval --amp": []}
-    for _ in range(repeats):
+    warm = int(device.type != "cpu")  # a GPU's first round warms up (cuDNN picks its kernels)
+    for _ in range(warm + repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
             for data, _target in test_loader:  # already normalized by the transform
-                ours.logits(data)
+                ours.logits(data.to(device)).cpu()
         times["reference"].append(time.perf_counter() - t0)
         for name, amp in (("eval", False), ("eval --amp", True)):
             t0 = time.perf_counter()
             test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
-            predict_logits(ours, test, 0, torch.device("cpu"), amp=amp, channels_last=True)
+            predict_logits(ours, test, 0, device, amp=amp, channels_last=True).cpu()
             times[name].append(time.perf_counter() - t0)
-    return {name: images / statistics.median(seconds) for name, seconds in times.items()}
+    return {name: images / statistics.median(s[warm:]) for name, s in times.items()}
 
 
 def data_path_throughput(data_dir: str, cfg_name: str = "fast") -> tuple[float, float]:
