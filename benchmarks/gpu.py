@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference
-from speed import eval_throughput, run_config
+from speed import eval_throughput, print_table, run_config
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist
@@ -131,13 +131,11 @@ def main() -> None:
             )
         )
 
-    print(
-        f"\nmachine: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-        f"CUDA {torch.version.cuda}, {torch.get_num_threads()} CPU threads"
+    print_table(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, {torch.get_num_threads()} CPU threads",
+        rows,
     )
-    print("| measure | value | note |\n|---|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
 
 
 if __name__ == "__main__":

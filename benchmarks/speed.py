@@ -11,7 +11,7 @@
    the same weights, for models/tiny.pth, fast.yaml's model and base.yaml's.
 4. Predict cold start: `mnistcnn predict one.png` vs `python -c "import torch"`.
 5. Threads: training images/s at 1 and 2 torch threads.
-6. With CUDA: fast.yaml's time to 99 % on the GPU.
+(benchmarks/gpu.py measures a CUDA GPU.)
 Run it on an otherwise idle machine: the figures are wall-clock times.
 """
 
@@ -173,6 +173,14 @@ def thread_throughput(data_dir: str, steps: int = 40) -> dict[int, float]:
     return rates
 
 
+def print_table(machine: str, rows: list[tuple[str, str, str]]) -> None:
+    """The run's machine, then its figures as a Markdown table."""
+    print(f"\nmachine: {machine}")
+    print("| measure | value | note |\n|---|---|---|")
+    for row in rows:
+        print(f"| {' | '.join(row)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -278,31 +286,12 @@ def main() -> None:
         )
     )
 
-    if torch.cuda.is_available():
-        print("6. CUDA", flush=True)
-        gpu = run_config(
-            "fast",
-            args.data_dir,
-            out_dir / "gpu.pth",
-            "train.device=cuda",
-            f"train.output={out_dir / 'gpu.pth'}",
-        )
-        rows.append(
-            (
-                f"fast.yaml on {torch.cuda.get_device_name()}: wall time (s)",
-                f"{gpu['wall']:.2f}",
-                f"{100 * gpu['test_accuracy']:.2f} %",
-            )
-        )
-
     amp = autocast_dtype(torch.device("cpu"))
-    print(
-        f"\nmachine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"CPU autocast: {amp or 'off (no native bf16)'}"
+    print_table(
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"CPU autocast: {amp or 'off (no native bf16)'}",
+        rows,
     )
-    print("| measure | value | note |\n|---|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
 
 
 if __name__ == "__main__":
