@@ -219,7 +219,7 @@ def test_train_refuses_to_overwrite(
 def test_train_on_missing_cuda(capsys: pytest.CaptureFixture[str], train_args: list) -> None:
     code, _, err = cli(capsys, *train_args[:-2], "--device", "cuda")
     assert code == 1
-    assert_one_error_line(err, "CUDA is not available")
+    assert_one_error_line(err, "train.device is cuda but CUDA is not available")
 
 
 def test_train_with_missing_data(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -334,6 +334,7 @@ def test_eval_unusable_device_exits_1(
     code, _, err = cli(capsys, "eval", tiny_run["path"], "--data-dir", data_dir, "--device", device)
     assert code == 1
     assert_one_error_line(err, device.split(":")[0])
+    assert "train.device" not in err  # eval's option is --device
 
 
 @pytest.mark.slow

@@ -407,8 +407,10 @@ def test_a_cuda_index_past_the_machines_gpus_is_a_config_error(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda") == torch.device("cuda")
     assert resolve_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(ConfigError, match=r"cuda:1 but this machine has 1 GPU\(s\): use cuda:0$"):
-        resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match=r"^--device is cuda:1 but this machine has 1 GPU"):
+        resolve_device("cuda:1", "--device")
+    with pytest.raises(ConfigError, match=r"^train.device is cuda:2 .* 1 GPU\(s\): use cuda:0$"):
+        resolve_device("cuda:2")
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")

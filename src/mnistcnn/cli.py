@@ -110,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.metrics import classification_report, format_report
     from mnistcnn.model import fuse
 
-    device = resolve_device(args.device or "auto")
+    device = resolve_device(args.device or "auto", "--device")
     # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
     model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
     data = {"download": not args.no_download}
@@ -142,7 +142,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from mnistcnn.checkpoint import load_model, save_model
     from mnistcnn.engine import resolve_device
 
-    model = load_model(args.model, resolve_device(args.device or "auto"))
+    model = load_model(args.model, resolve_device(args.device or "auto", "--device"))
     fitted, split = fit_on_validation(
         model, args.model, args.data_dir, download=not args.no_download, batch_size=args.batch_size
     )

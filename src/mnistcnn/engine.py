@@ -57,22 +57,21 @@ from mnistcnn.runlog import RunLog
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA if available, else CPU; an unknown or unavailable device is an error."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """`auto` -> CUDA if available, else CPU; an unknown or unavailable device is an error
+    that names `option`, where the device was asked for."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(config_mod.DEVICE_PATTERN, name):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but CUDA is not available here; use auto or cpu")
+        raise ConfigError(f"{option} is {name} but CUDA is not available here; use auto or cpu")
     if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
         valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-        raise ConfigError(
-            f"train.device is {name} but this machine has {count} GPU(s): use {valid}"
-        )
+        raise ConfigError(f"{option} is {name} but this machine has {count} GPU(s): use {valid}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device is mps but MPS is not available here; use auto or cpu")
+        raise ConfigError(f"{option} is mps but MPS is not available here; use auto or cpu")
     return device
 
 
