@@ -318,7 +318,7 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
         degrees = max(votes, key=lambda d: votes[d][0].max())
         counts, offset = votes[degrees]
         t = math.radians(degrees)
-        rho_all = across * math.cos(t) - along * math.sin(t)
+        rho_all = _rho(along, across, t)
         for line in np.flatnonzero(counts >= 0.6 * span):
             if counts[line] < counts[max(0, line - 2) : line + 3].max():
                 continue  # the same line, off its centre
@@ -338,12 +338,18 @@ def _remove_lines(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rho(along: np.ndarray, across: np.ndarray, t: float) -> np.ndarray:
+    """Each pixel's position across lines at angle `t` (radians) from the axis `along` runs on:
+    pixels of one line share it."""
+    return across * math.cos(t) - along * math.sin(t)
+
+
 def _vote(
     along: np.ndarray, across: np.ndarray, degrees: float, weight: float
 ) -> tuple[np.ndarray, int]:
     """Pixels per line position (rho, 1 px bins) at an angle, and the first bin's rho."""
     t = math.radians(degrees)
-    rho = np.round(across * math.cos(t) - along * math.sin(t)).astype(np.int64)
+    rho = np.round(_rho(along, across, t)).astype(np.int64)
     offset = int(rho.min())
     return np.bincount(rho - offset) * weight, offset
 
@@ -372,7 +378,7 @@ def _erase_line(
     height, width = mask.shape
     yy, xx = np.mgrid[0:height, 0:width]
     along, across = (yy, xx) if vertical else (xx, yy)
-    band = np.abs(across * math.cos(t) - along * math.sin(t) - rho) <= 2.5
+    band = np.abs(_rho(along, across, t) - rho) <= 2.5
     cleared = out & ~band
     reach = np.ones((1, 9) if vertical else (9, 1), bool)
     crossing = ndimage.binary_closing(cleared, reach) & band & mask
