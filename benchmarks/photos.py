@@ -28,7 +28,7 @@ from mnistcnn.data import load_mnist
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.predict import classify, read_number
-from mnistcnn.preprocess import preprocess
+from mnistcnn.preprocess import preprocess, segment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photogen import CONDITIONS, ROW_CONDITIONS, Photo, photo_set
@@ -172,25 +172,31 @@ def evaluate_multi(
             images, labels, name, count, seed, digits=4, conditions=ROW_CONDITIONS, touch=touch
         )
     )
-    results = {}
+    right = dict.fromkeys(tta, 0)
+    digits_right = dict.fromkeys(tta, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _write(photos, Path(tmp))
-        for use_tta in tta:
-            right = digits_right = 0
-            for path, photo in zip(paths, photos, strict=True):
-                try:
-                    number = read_number(model, path, use_tta=use_tta).number or ""
-                except ImageError:
-                    number = ""
-                right += number == photo.label
+        for path, photo in zip(_write(photos, Path(tmp)), photos, strict=True):
+            try:
+                row = segment(path)  # once, whatever the TTA settings read it with
+            except ImageError:
+                row = None
+            for use_tta in tta:
+                number = ""
+                if row is not None:
+                    number = read_number(model, path, use_tta=use_tta, row=row).number or ""
+                right[use_tta] += number == photo.label
                 if len(number) == len(photo.label):
-                    digits_right += sum(a == b for a, b in zip(number, photo.label, strict=True))
+                    digits_right[use_tta] += sum(
+                        a == b for a, b in zip(number, photo.label, strict=True)
+                    )
                 if number != photo.label and keep is not None and not use_tta:
                     keep.mkdir(parents=True, exist_ok=True)
                     misread = keep / f"{path.stem}-as{number or 'none'}{path.suffix}"
                     misread.write_bytes(photo.data)
-            results[use_tta] = {"numbers": right / count, "digits": digits_right / (4 * count)}
-    return results
+    return {
+        use_tta: {"numbers": right[use_tta] / count, "digits": digits_right[use_tta] / (4 * count)}
+        for use_tta in tta
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

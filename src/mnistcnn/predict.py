@@ -147,10 +147,17 @@ def _read(
 
 
 def read_number(
-    model: DigitNet, path: str | Path, *, top_k: int = 1, use_tta: bool = False
+    model: DigitNet,
+    path: str | Path,
+    *,
+    top_k: int = 1,
+    use_tta: bool = False,
+    row: Row | None = None,
 ) -> NumberPrediction:
-    """Read the digits in a row in one image, left to right (ImageError if there are none)."""
-    return _read(model, Path(path), segment(path), top_k, use_tta)[0]
+    """Read the digits in a row in one image, left to right (ImageError if there are none);
+    `row`: the image's `segment`ation, if it is already at hand."""
+    row = segment(path) if row is None else row
+    return _read(model, Path(path), row, top_k, use_tta)[0]
 
 
 def predict_numbers(
