@@ -249,6 +249,16 @@ def test_a_wide_digit_is_not_cut_into_short_pieces(tmp_path: Path) -> None:
     assert 2 in [len(o) for o in segment(path).readings[0]]
 
 
+def test_specks_beside_a_1_are_not_cut_off_as_a_digit(tmp_path: Path) -> None:
+    # MNIST digits carry specks: three beside a slanted 1 ("1:") spread as tall as a digit and
+    # make the group 0.5 heights wide, but a piece of specks alone is not a digit.
+    path = tmp_path / "one.png"
+    _strokes([(60, 40, 30, 160), ONE], [(75, 60), (80, 100), (85, 140)]).save(path)
+    first = segment(path).readings[0]
+    assert first[0][0].box[2] >= 85  # the specks are in the 1's group
+    assert [len(o) for o in first] == [1]
+
+
 def test_three_touching_digits_can_be_read_cut_in_three(
     test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

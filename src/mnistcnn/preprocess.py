@@ -635,6 +635,10 @@ DIGIT_ASPECT = 0.7
 # height: digits in a number are about as tall as each other, while a cut through one wide
 # digit (a 6's loop, an 8's half) leaves a shorter piece.
 CUT_HEIGHT = 0.7
+# A piece of ink at least TALL_STROKE of the row's height is a digit or part of one, a shorter
+# one a speck or a loose stroke; a cut piece must hold such a stroke too: MNIST digits carry
+# specks, and those beside a 1 ("1:") spread over as much height as a digit.
+TALL_STROKE = 0.45
 
 
 def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
@@ -688,8 +692,8 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
     broken stroke); small pieces close together that are as tall as a digit together are a
     digit broken apart; the rest (a dash, specks) belong to none.
     """
-    tall = [p for p in pieces if p.box[3] - p.box[1] >= 0.45 * height]
-    small = [p for p in pieces if p.box[3] - p.box[1] < 0.45 * height]
+    tall = [p for p in pieces if p.box[3] - p.box[1] >= TALL_STROKE * height]
+    small = [p for p in pieces if p.box[3] - p.box[1] < TALL_STROKE * height]
     groups: list[list[_Part]] = []
     for part in sorted(tall, key=lambda p: p.box[0] + p.box[2]):
         if groups and _overlap(_union([p.box for p in groups[-1]]), part.box) >= 0.5:
@@ -715,7 +719,7 @@ def _columns(pieces: list[_Part], height: int) -> list[list[_Part]]:
             clusters.append([part])
     for cluster in clusters:
         box = _union([p.box for p in cluster])
-        if box[3] - box[1] >= 0.45 * height:
+        if box[3] - box[1] >= TALL_STROKE * height:
             groups.append(cluster)
     return sorted(groups, key=lambda g: sum(_union([p.box for p in g])[0:3:2]))
 
@@ -730,6 +734,12 @@ def _cut(keep: np.ndarray, columns: list[int]) -> list[np.ndarray]:
         if piece.any():
             pieces.append(piece)
     return pieces
+
+
+def _tallest(piece: np.ndarray) -> int:
+    """The height of the tallest connected stroke in a piece of ink."""
+    labels = ndimage.label(piece, structure=np.ones((3, 3)))[0]
+    return max(rows.stop - rows.start for rows, _ in ndimage.find_objects(labels))
 
 
 def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
@@ -773,6 +783,8 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
                 continue
             if whole and min(_box(p)[3] - _box(p)[1] for p in pieces) < CUT_HEIGHT * height:
                 continue  # one digit's ink cut into a piece shorter than a digit
+            if whole and min(_tallest(p) for p in pieces) < TALL_STROKE * height:
+                continue  # or into a piece without a stroke of its own: specks beside a 1
             options.append(pieces)
     return options or [[keep]]
 
