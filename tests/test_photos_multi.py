@@ -152,6 +152,19 @@ def test_a_detached_bar_stays_with_its_digit(tmp_path: Path) -> None:
     assert len(second) == 1
 
 
+def test_a_long_bar_on_top_stays_with_its_digit_a_dash_does_not(tmp_path: Path) -> None:
+    # The bar runs on to x 172: the 5 is ~1.15 times as wide as tall, as MNIST's widest are.
+    five = [(60, 55, 60, 100), (60, 100, 90, 95, 105, 125, 90, 155, 55, 155)]
+    path = tmp_path / "five.png"
+    _strokes([*five, (98, 42, 172, 38), (360, 40, 360, 160)]).save(path)
+    first, second = segment(path).readings
+    assert first[0][0].box[2] > 165 and len(second) == 1
+    # A dash as long beside the 5's middle is not its bar: a dash, not a digit.
+    _strokes([*five, (112, 100, 172, 100), (360, 40, 360, 160)]).save(path)
+    first, second = segment(path).readings
+    assert first[0][0].box[2] < 115 and len(second) == 1
+
+
 def test_a_dotted_stroke_stays_with_its_digit(tmp_path: Path) -> None:
     # A 0 whose left half the pen only dotted: each dot has ~3 % of the 7's ink.
     right = [(100, 40, 130, 60, 140, 100, 130, 140, 100, 160)]

@@ -639,6 +639,9 @@ CUT_HEIGHT = 0.7
 # one a speck or a loose stroke; a cut piece must hold such a stroke too: MNIST digits carry
 # specks, and those beside a 1 ("1:") spread over as much height as a digit.
 TALL_STROKE = 0.45
+# A bar along a digit's top (a 5's, written apart) may leave it this many heights wide, as
+# wide as MNIST's widest digits (above); other loose pieces join a digit within one height.
+BAR_SPAN = 1.25
 
 
 def _row_parts(parts: list[_Part]) -> tuple[list[_Part], int]:
@@ -669,7 +672,8 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 def _home(groups: list[list[_Part]], part: _Part, height: int) -> int | None:
     """The group a small piece belongs to: the one it sits over or under, else the one it
-    (nearly) touches if together they are no wider than a digit; None if neither."""
+    (nearly) touches if together they are no wider than a digit (than the widest digit for a
+    bar along its top); None if neither."""
     boxes = [_union([p.box for p in g]) for g in groups]
     if not boxes:
         return None
@@ -677,8 +681,13 @@ def _home(groups: list[list[_Part]], part: _Part, height: int) -> int | None:
     if _overlap(boxes[over], part.box) >= 0.3:
         return over
     near = min(range(len(boxes)), key=lambda i: _gap(boxes[i], part.box))
+    left, top, right, bottom = part.box
+    bar = right - left > max(bottom - top, 0.3 * height) and top <= boxes[near][1] + 0.15 * height
     union = _union([boxes[near], part.box])
-    if _gap(boxes[near], part.box) <= 0.1 * height and union[2] - union[0] <= height:
+    if (
+        _gap(boxes[near], part.box) <= 0.1 * height
+        and union[2] - union[0] <= (BAR_SPAN if bar else 1.0) * height
+    ):
         return near
     return None
 
