@@ -792,7 +792,8 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
                 continue
             if whole and min(_box(p)[3] - _box(p)[1] for p in pieces) < CUT_HEIGHT * height:
                 continue  # one digit's ink cut into a piece shorter than a digit
-            if whole and min(_tallest(p) for p in pieces) < TALL_STROKE * height:
+            strokes = (_tallest(p[top:bottom, left:right]) for p in pieces)  # in the group's box
+            if whole and min(strokes) < TALL_STROKE * height:
                 continue  # or into a piece without a stroke of its own: specks beside a 1
             options.append(pieces)
     return options or [[keep]]
