@@ -35,7 +35,7 @@ import reference
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import load_config
-from mnistcnn.data import default_cache_dir, load_mnist, random_affine, to_float, train_loader
+from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
 from mnistcnn.engine import autocast, autocast_dtype, fit, predict_logits
 from mnistcnn.model import build_model
 
@@ -112,7 +112,7 @@ def data_path_throughput(data_dir: str, cfg_name: str = "fast") -> tuple[float, 
     t0 = time.perf_counter()
     seen = 0
     for images, labels in train_loader(train, cfg.data.batch_size, generator):
-        random_affine(to_float(images), cfg.data.augment, generator)
+        augment_batch(to_float(images), cfg.data.augment, generator)
         seen += len(labels)
     return ref_rate, seen / (time.perf_counter() - t0)
 

@@ -379,6 +379,10 @@ def test_invert_makes_dark_digits_on_white() -> None:
 def test_invert_refuses_augmentation_that_pads_with_black() -> None:
     with pytest.raises(ConfigError, match=r"data\.invert needs data\.augment"):
         load_config(None, ["data.invert=true"])
+    affine_off = ["data.augment.degrees=0", "data.augment.translate=0", "data.augment.scale=0"]
+    with pytest.raises(ConfigError, match=r"data\.invert needs .*ink at 0"):
+        load_config(None, ["data.invert=true", *affine_off])  # ink thresholds a black background
+    assert load_config(None, ["data.invert=true", *affine_off, "data.augment.ink=0"]).data.invert
     assert load_config(CONFIGS / "transfer" / "inverted.yaml").data.invert
 
 

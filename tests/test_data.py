@@ -17,10 +17,12 @@ from mnistcnn.data import (
     RAW_FILES,
     Split,
     TensorDigits,
+    augment_batch,
     default_cache_dir,
     eval_batches,
     load_mnist,
     random_affine,
+    redraw_ink,
     split_train_val,
     to_float,
     train_loader,
@@ -331,3 +333,47 @@ def test_random_affine_translation_moves_ink_by_at_most_the_limit(mnist_test: Sp
     moved = (centre_x(shifted) - centre_x(images)).abs()
     assert moved.max() <= 0.1 * 28 + 0.5  # at most 10 % of the side (2.8 px)
     assert moved.mean() > 0.3  # and it does move
+
+
+def test_redraw_ink_draws_full_bright_shapes_thinner_and_thicker(mnist_test: Split) -> None:
+    digit = to_float(mnist_test.images[:1])
+    out = redraw_ink(digit.expand(256, -1, -1, -1), 1.0, torch.Generator().manual_seed(0))
+    assert out.shape == (256, 1, 28, 28) and out.min() >= 0
+    assert torch.allclose(out.amax((1, 2, 3)), torch.ones(256))  # predict's digits peak at 1
+    mass = out.sum((1, 2, 3)) / digit.sum()
+    assert mass.min() < 0.8 and mass.max() > 1.6  # high cuts: thinner; low, blurred: thicker
+    ink = out.flatten(1)[:, digit.flatten() > 0.9]  # where MNIST's pen was solid
+    assert ink.mean() > 0.95  # the stroke's core stays ink whatever the cut
+
+
+def test_redraw_ink_loses_faint_strokes_in_some_draws_only() -> None:
+    images = torch.zeros(256, 1, 28, 28)
+    images[:, :, 4:24, 8:11] = 1.0  # a strong stroke
+    images[:, :, 4:24, 18:21] = 0.35  # a faint one: kept by cuts under 0.35, lost above
+    out = redraw_ink(images, 1.0, torch.Generator().manual_seed(0))
+    assert (out[:, :, 8:20, 9] == 1).all()
+    faint = out[:, 0, 8:20, 19].amax(1)
+    assert 0.05 < (faint == 0).float().mean() < 0.95 and (faint == 1).any()
+
+
+def test_redraw_ink_redraws_its_share_and_is_seeded(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:512])
+    out = redraw_ink(images, 0.5, torch.Generator().manual_seed(3))
+    changed = (out != images).flatten(1).any(1).float().mean()
+    assert 0.4 < changed < 0.6
+    assert torch.equal(out, redraw_ink(images, 0.5, torch.Generator().manual_seed(3)))
+    assert not torch.equal(out, redraw_ink(images, 0.5, torch.Generator().manual_seed(4)))
+    assert torch.equal(redraw_ink(images, 0.0), images)
+
+
+def test_augment_batch_runs_each_part_only_when_asked(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:64])
+    off = AugmentConfig(degrees=0, translate=0, scale=0, ink=0)
+    assert not off.active and torch.equal(augment_batch(images, off), images)
+    ink_only = AugmentConfig(degrees=0, translate=0, scale=0, ink=1)
+    assert ink_only.active and not ink_only.affine
+    redrawn = augment_batch(images, ink_only, torch.Generator().manual_seed(0))
+    assert torch.equal(redrawn, redraw_ink(images, 1, torch.Generator().manual_seed(0)))
+    affine_only = AugmentConfig(ink=0)
+    moved = augment_batch(images, affine_only, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, random_affine(images, affine_only, torch.Generator().manual_seed(0)))

@@ -55,16 +55,26 @@ FREEZE = ("none", "features")  # what `train.freeze` may stop training (see tran
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random affine augmentation applied to whole training batches."""
+    """Augmentation of whole training batches: a random affine, then photo-style ink redraws."""
 
     degrees: float = 10.0
     translate: float = 0.1
     scale: float = 0.1
+    ink: float = 0.5  # share of images redrawn as thresholded ink (see data.redraw_ink)
 
     def __post_init__(self) -> None:
         _check(0 <= self.degrees <= 180, "data.augment.degrees", "must be in [0, 180]")
         _check(0 <= self.translate < 1, "data.augment.translate", "must be in [0, 1)")
         _check(0 <= self.scale < 1, "data.augment.scale", "must be in [0, 1)")
+        _check(0 <= self.ink <= 1, "data.augment.ink", "must be in [0, 1]")
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.degrees or self.translate or self.scale)
+
+    @property
+    def active(self) -> bool:
+        return self.affine or bool(self.ink)
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,11 @@ class DataConfig:
             "must be >= 0 (0 = sized to the CPU's caches, 1000 on a GPU)",
         )
         _check(self.std > 0, "data.std", "must be > 0")
-        augment = self.augment.degrees or self.augment.translate or self.augment.scale
         _check(
-            not (self.invert and augment),
+            not (self.invert and self.augment.active),
             "data.invert",
-            "needs data.augment.degrees, translate and scale at 0 (augmentation pads with black)",
+            "needs data.augment.degrees, translate, scale and ink at 0 (augmentation assumes "
+            "a black background)",
         )
 
 

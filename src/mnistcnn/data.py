@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from mnistcnn.checkpoint import atomic_write
 from mnistcnn.config import AugmentConfig, DataConfig
@@ -31,6 +32,10 @@ OFFICIAL_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 RAW_FILES = tuple(OFFICIAL_MD5)
+# redraw_ink: thresholds as a share of each image's peak (0.2 keeps faint strokes and thickens,
+# 0.7 drops them and thins), and the blur of the copy that draws a marker's thicker strokes.
+INK_LEVELS = (0.2, 0.7)
+INK_BLUR = 0.8
 
 
 def default_cache_dir() -> Path:
@@ -255,3 +260,40 @@ def random_affine(
 
     grid = torch.stack([coordinate(cos, -sin, shift_x), coordinate(sin, cos, shift_y)], -1)
     return F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="zeros")
+
+
+def redraw_ink(
+    images: torch.Tensor, share: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Redraw a random `share` of a float batch (N, 1, H, W) the way `predict` draws a photo.
+
+    A photographed digit reaches the model as ink thresholded off the paper: faint strokes gone,
+    strokes thinner or thicker than MNIST's pen, at full brightness (preprocess._redraw, _to_28).
+    Each chosen image, or a blurred copy of it (a marker), is cut at a random level of its peak
+    at 4x resolution and averaged back down: a binary shape with anti-aliased edges.
+    """
+    n = images.shape[0]
+
+    def draw() -> torch.Tensor:  # U(0, 1), one per image
+        return torch.rand(n, 1, 1, 1, generator=generator, device=images.device)
+
+    thick = draw() < 0.5
+    level = INK_LEVELS[0] + (INK_LEVELS[1] - INK_LEVELS[0]) * draw()
+    chosen = draw() < share
+    source = torch.where(thick, gaussian_blur(images, [5, 5], [INK_BLUR, INK_BLUR]), images)
+    peak = source.amax((2, 3), keepdim=True)
+    fine = F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)
+    shape = F.avg_pool2d((fine > level * peak).to(images.dtype), 4)
+    shape = shape / shape.amax((2, 3), keepdim=True).clamp_min(1e-3)
+    return torch.where(chosen, shape, images)
+
+
+def augment_batch(
+    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The training augmentation of a float batch: `random_affine`, then `redraw_ink`."""
+    if cfg.affine:
+        images = random_affine(images, cfg, generator)
+    if cfg.ink:
+        images = redraw_ink(images, cfg.ink, generator)
+    return images

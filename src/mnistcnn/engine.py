@@ -31,11 +31,11 @@ from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_sta
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
     Split,
+    augment_batch,
     default_cache_dir,
     eval_batches,
     invert,
     load_mnist,
-    random_affine,
     shard_loader,
     split_train_val,
     to_float,
@@ -205,7 +205,7 @@ def train_one_epoch(
         images = to_float(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         if augment is not None:
-            images = random_affine(images, augment, generator)
+            images = augment_batch(images, augment, generator)
         images = images.contiguous(memory_format=memory_format)
         with autocast(device, amp):
             logits = model(images)
@@ -427,9 +427,7 @@ def _train(
         loader = train_loader(train_split, cfg.data.batch_size, generators["order"])
     scheduler = build_scheduler(cfg, optimizer, len(loader))
     per_step = cfg.sched.name in PER_STEP_SCHEDULERS
-    augment = cfg.data.augment
-    if not (augment.degrees or augment.translate or augment.scale):
-        augment = None
+    augment = cfg.data.augment if cfg.data.augment.active else None
     speed = {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last}
 
     history: list[dict[str, Any]] = []
