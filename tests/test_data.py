@@ -346,6 +346,13 @@ def test_redraw_ink_draws_full_bright_shapes_thinner_and_thicker(mnist_test: Spl
     assert ink.mean() > 0.95  # the stroke's core stays ink whatever the cut
 
 
+def test_redraw_ink_brings_a_hairline_to_full_brightness() -> None:
+    line = torch.zeros(64, 1, 28, 28)
+    line[:, 0, torch.arange(4, 24), torch.arange(4, 24)] = 1.0  # no 4x4 block of it is all ink
+    out = redraw_ink(line, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(out.amax((1, 2, 3)), torch.ones(64))
+
+
 def test_redraw_ink_loses_faint_strokes_in_some_draws_only() -> None:
     images = torch.zeros(256, 1, 28, 28)
     images[:, :, 4:24, 8:11] = 1.0  # a strong stroke
