@@ -60,7 +60,7 @@ class AugmentConfig:
     degrees: float = 10.0
     translate: float = 0.1
     scale: float = 0.1
-    ink: float = 0.5  # share of images redrawn as thresholded ink (see data.redraw_ink)
+    ink: float = 0.75  # share of images redrawn as thresholded ink (see data.redraw_ink)
 
     def __post_init__(self) -> None:
         _check(0 <= self.degrees <= 180, "data.augment.degrees", "must be in [0, 180]")
