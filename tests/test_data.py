@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +353,16 @@ def test_redraw_ink_brings_a_hairline_to_full_brightness() -> None:
     line[:, 0, torch.arange(4, 24), torch.arange(4, 24)] = 1.0  # no 4x4 block of it is all ink
     out = redraw_ink(line, 1.0, torch.Generator().manual_seed(0))
     assert torch.allclose(out.amax((1, 2, 3)), torch.ones(64))
+
+
+def test_the_ink_blur_is_torchvisions_without_importing_it(mnist_test: Split) -> None:
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    images = to_float(mnist_test.images[:256])
+    assert torch.equal(data._blur(images), gaussian_blur(images, [5, 5], [data.INK_BLUR] * 2))
+    code = "import sys, mnistcnn.engine; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]  # training start-up skips it
 
 
 def test_redraw_ink_loses_faint_strokes_in_some_draws_only() -> None:
