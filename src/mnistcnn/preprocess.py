@@ -40,6 +40,8 @@ LIGHT_INK_ODDS = 10.0
 # The paper's brightness is estimated over windows this fraction of the shorter side: wider
 # than any pen or marker stroke, so strokes vanish from the estimate while light does not.
 BACKGROUND_WINDOW = 0.5
+# The paper's estimated brightness is taken as the darkest within this many pixels (see `_flatten`).
+SPILL = 5
 # A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
 # the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
 INK_LEVEL = 0.45
@@ -258,6 +260,11 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
             (width, height), Image.Resampling.BILINEAR
         )
     )
+    # Pooled and enlarged, the estimate runs a few pixels past a sharp step of light (a
+    # shadow's edge) into its darker side: seen as a thin line of ink along it. The darkest
+    # (for chalk, brightest) estimate nearby puts the step back where it is.
+    near = ndimage.minimum_filter if dark else ndimage.maximum_filter
+    back = near(back, size=SPILL)
     if dark:
         return (back - smooth) / np.maximum(back, 0.02)
     return smooth - back
