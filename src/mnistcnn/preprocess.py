@@ -40,8 +40,8 @@ LIGHT_INK_ODDS = 10.0
 # The paper's brightness is estimated over windows this fraction of the shorter side: wider
 # than any pen or marker stroke, so strokes vanish from the estimate while light does not.
 BACKGROUND_WINDOW = 0.5
-# The paper's estimated brightness is taken as the darkest within this many pixels (see `_flatten`).
-SPILL = 5
+# The paper's estimate reaches this many pixels (at half size) past a closing (see `_background`).
+SPILL = 1
 # A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
 # the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
 INK_LEVEL = 0.45
@@ -208,14 +208,19 @@ def _pool(channel: np.ndarray, combine: Callable[..., np.ndarray]) -> np.ndarray
 
 
 def _background(channel: np.ndarray, window: int, first: Filter, second: Filter) -> np.ndarray:
-    """Grey closing (max, then min filter) or opening (min, then max) of one channel.
+    """Grey closing (max, then min filter) or opening (min, then max) of one channel, the
+    second filter SPILL pixels wider.
 
     The frame is padded by repeating its edge a whole window deep first: a window may then
     slide off the frame, so light that fades towards a border (a vignette, a table along the
     edge) counts as light, not as a broad dark stroke.
     """
     padded = np.pad(channel, window, mode="edge")
-    return second(first(padded, size=window), size=window)[window:-window, window:-window]
+    # Pooled and enlarged, a closing runs a pixel or two past a sharp step of light (a shadow's
+    # edge) into its darker side, seen as a thin line of ink along it: the second filter
+    # reaches SPILL pixels further (a closing, then an erosion) and puts the step back.
+    closed = second(first(padded, size=window), size=window + 2 * SPILL)
+    return closed[window:-window, window:-window]
 
 
 def _flatten(rgb: np.ndarray) -> np.ndarray:
@@ -260,11 +265,6 @@ def _flatten(rgb: np.ndarray) -> np.ndarray:
             (width, height), Image.Resampling.BILINEAR
         )
     )
-    # Pooled and enlarged, the estimate runs a few pixels past a sharp step of light (a
-    # shadow's edge) into its darker side: seen as a thin line of ink along it. The darkest
-    # (for chalk, brightest) estimate nearby puts the step back where it is.
-    near = ndimage.minimum_filter if dark else ndimage.maximum_filter
-    back = near(back, size=SPILL)
     if dark:
         return (back - smooth) / np.maximum(back, 0.02)
     return smooth - back
