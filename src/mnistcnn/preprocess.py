@@ -480,7 +480,7 @@ def _unframed(found: _Found) -> list[_Part]:
 
 def _bar_over(part: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> bool:
     """Whether a piece is a bar written apart over the digit's top (a 5's, a 7's): at least
-    twice as wide as tall and a third as wide as the digit, over it, and above it by at most
+    twice as wide as tall and 0.3 as wide as the digit, over it, and above it by at most
     BAR_GAP of its height."""
     left, top, right, bottom = part
     width, height = box[2] - box[0], box[3] - box[1]
