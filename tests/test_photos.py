@@ -251,6 +251,14 @@ def test_a_speck_in_a_zero_does_not_make_it_a_frame() -> None:
     assert np.allclose(preprocess_image(page).box, (90, 60, 211, 241), atol=4)
 
 
+def _five_without_bar() -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """A 5's stem and bowl (y 76-204 with the pen's width) on paper, and a pen to add to it."""
+    page = Image.new("L", (300, 260), 235)
+    draw = ImageDraw.Draw(page)
+    draw.line((100, 80, 100, 130, 150, 130, 170, 165, 150, 200, 95, 200), fill=30, width=8)
+    return page, draw
+
+
 @pytest.mark.parametrize(
     ("bar", "joined"), [((110, 36, 170, 40), True), ((110, 10, 170, 14), False)]
 )
@@ -259,9 +267,7 @@ def test_a_5s_bar_written_apart_joins_it_within_bar_gap(
 ) -> None:
     # The body spans y 76-204 (128 px): the bar stands 35 px (0.27 of it) over it, out of the
     # 0.2-of-its-size reach for loose pieces; 61 px (0.48) over it, it is other ink.
-    page = Image.new("L", (300, 260), 235)
-    draw = ImageDraw.Draw(page)
-    draw.line((100, 80, 100, 130, 150, 130, 170, 165, 150, 200, 95, 200), fill=30, width=8)
+    page, draw = _five_without_bar()
     draw.rectangle(bar, fill=30)
     top = preprocess_image(page).box[1]
     assert (top < bar[3]) == joined
@@ -269,9 +275,7 @@ def test_a_5s_bar_written_apart_joins_it_within_bar_gap(
 
 def test_a_speck_over_a_digit_is_not_its_bar() -> None:
     # As far over the 5 as a bar, but not wider than tall: a speck stays out.
-    page = Image.new("L", (300, 260), 235)
-    draw = ImageDraw.Draw(page)
-    draw.line((100, 80, 100, 130, 150, 130, 170, 165, 150, 200, 95, 200), fill=30, width=8)
+    page, draw = _five_without_bar()
     draw.ellipse((130, 30, 142, 42), fill=30)
     assert preprocess_image(page).box[1] > 70
 

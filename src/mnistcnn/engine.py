@@ -427,7 +427,6 @@ def _train(
         loader = train_loader(train_split, cfg.data.batch_size, generators["order"])
     scheduler = build_scheduler(cfg, optimizer, len(loader))
     per_step = cfg.sched.name in PER_STEP_SCHEDULERS
-    augment = cfg.data.augment if cfg.data.augment.active else None
     speed = {"amp": cfg.train.amp, "channels_last": cfg.train.channels_last}
 
     history: list[dict[str, Any]] = []
@@ -485,7 +484,7 @@ def _train(
                     optimizer,
                     loss_fn,
                     device=device,
-                    augment=augment,
+                    augment=cfg.data.augment,  # augment_batch skips the parts set to 0
                     generator=generators["augment"],
                     scheduler=scheduler if per_step else None,
                     log_every=cfg.train.log_every,
