@@ -31,8 +31,8 @@ import torch
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import load_config
 from mnistcnn.data import invert, load_mnist
-from mnistcnn.engine import evaluate, fit
 from mnistcnn.model import count_parameters
+from mnistcnn.train import evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "arch"

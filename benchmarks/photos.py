@@ -3,7 +3,7 @@
 Generates a fixed-seed set of photos per condition (benchmarks/photogen.py) from MNIST *test*
 digits, writes them to a temporary folder, and reads each one three ways: (a) the usual
 tutorial (grey, resize to 28x28, invert), (b) the textbook recipe (invert, Otsu threshold, crop
-to the ink, fit 20x20, centre of mass), (c) `mnistcnn.preprocess`. The column "28x28" is the
+to the ink, fit 20x20, centre of mass), (c) `mnistcnn.photo`. The column "28x28" is the
 model on the same digits straight from MNIST: the ceiling for (c). With --multi, also reads
 generated 4-digit numbers with `predict --multi` and counts the numbers read entirely right.
 
@@ -27,8 +27,8 @@ from mnistcnn.checkpoint import load_model
 from mnistcnn.data import load_mnist
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import classify, read_number
-from mnistcnn.preprocess import preprocess, segment
+from mnistcnn.photo import preprocess, segment
+from mnistcnn.predict.classify import classify, read_number
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photogen import CONDITIONS, ROW_CONDITIONS, Photo, photo_set

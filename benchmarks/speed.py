@@ -36,8 +36,8 @@ import reference
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import load_config
 from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
-from mnistcnn.engine import autocast, autocast_dtype, fit, predict_logits
 from mnistcnn.model import build_model
+from mnistcnn.train import autocast, autocast_dtype, fit, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -108,7 +108,7 @@ def small_data(
     monkeypatch: pytest.MonkeyPatch, mnist_train: Any, mnist_test: Any
 ) -> Callable[[int], None]:
     """Make `fit` read the session's splits with a test set of only `n` images (fast loops)."""
-    from mnistcnn import engine
+    from mnistcnn import train as engine
     from mnistcnn.data import Split
 
     def use(test_images: int = 500) -> None:
@@ -125,7 +125,7 @@ def small_data(
 def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, ...]) -> dict:
     """Train on CPU into `out`; the run folder (if any) goes beside it, never into the repo."""
     from mnistcnn.config import load_config
-    from mnistcnn.engine import fit
+    from mnistcnn.train import fit
 
     cfg = load_config(
         config,

@@ -18,7 +18,6 @@ from mnistcnn.checkpoint import save_model
 from mnistcnn.cli import main
 from mnistcnn.config import load_config
 from mnistcnn.data import Split, invert
-from mnistcnn.engine import fit
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model import (
     ACTIVATIONS,
@@ -33,7 +32,8 @@ from mnistcnn.model import (
     layer_table,
     model_from_state,
 )
-from mnistcnn.transfer import freeze, init_from
+from mnistcnn.train import fit
+from mnistcnn.train.transfer import freeze, init_from
 
 PRESETS = sorted((CONFIGS / "arch").glob("*.yaml")) + sorted((CONFIGS / "transfer").glob("*.yaml"))
 TINY = {"channels": (4, 8), "convs_per_stage": (2, 1)}  # two convs: the residual path runs

@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcnn import tta
 from mnistcnn.calibrate import (
     calibration,
     expected_calibration_error,
@@ -23,7 +22,8 @@ from mnistcnn.calibrate import (
 )
 from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
-from mnistcnn.predict import classify, predict_paths
+from mnistcnn.predict import tta
+from mnistcnn.predict.classify import classify, predict_paths
 
 
 def top_probs(confidence: list[float], predicted: list[int]) -> torch.Tensor:

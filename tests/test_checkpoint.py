@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mnistcnn import checkpoint
-from mnistcnn.checkpoint import atomic_write_text, load_model, load_state, save_model
+from mnistcnn.checkpoint import load_model, load_state, save_model
 from mnistcnn.errors import CheckpointError
+from mnistcnn.files import atomic_write_text
 from mnistcnn.model import FORMAT_VERSION, DigitNet, build_model
 
 

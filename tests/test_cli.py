@@ -18,7 +18,8 @@ import torch
 import yaml
 from conftest import TINY
 
-from mnistcnn import __version__, engine
+from mnistcnn import __version__
+from mnistcnn import train as engine
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.config import Config, dump, load_config
@@ -365,7 +366,7 @@ def test_eval_bad_batch_size_is_a_usage_or_user_error(
 @pytest.fixture
 def few_digits(digit_images: dict[Path, int], digit_model: Any) -> dict[Path, int]:
     """Six re-drawn digits and the labels the library gives them (the CLI must agree)."""
-    from mnistcnn.predict import predict_paths
+    from mnistcnn.predict.classify import predict_paths
 
     paths = list(digit_images)[:6]
     return {Path(p.path): p.label for p in predict_paths(digit_model, paths)}

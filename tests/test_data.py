@@ -360,7 +360,7 @@ def test_the_ink_blur_is_torchvisions_without_importing_it(mnist_test: Split) ->
 
     images = to_float(mnist_test.images[:256])
     assert torch.equal(data._blur(images), gaussian_blur(images, [5, 5], [data.INK_BLUR] * 2))
-    code = "import sys, mnistcnn.engine; print('torchvision' in sys.modules)"
+    code = "import sys, mnistcnn.train; print('torchvision' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr[-2000:]  # training start-up skips it
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from mnistcnn import distributed
 from mnistcnn.cli import main
 from mnistcnn.data import Split, shard_loader, train_loader
 from mnistcnn.errors import ConfigError
+from mnistcnn.train import distributed
 
 SUBSET, BATCH, EPOCHS = 8000, 100, 2
 STEPS = SUBSET // BATCH  # per epoch, on every rank: 4000 images a rank, 50 a batch
@@ -197,7 +197,7 @@ def test_rank_zero_alone_reports_and_saves_a_plain_model(
     ddp_accuracy = state["_extra_state"]["meta"]["test_accuracy"]
     assert f"{100 * ddp_accuracy:.2f}" in proc.stdout
     # One process, same global batch and seed: the same accuracy within noise.
-    from mnistcnn.engine import fit
+    from mnistcnn.train import fit
 
     single = fit(make_cfg(*SETS), progress=False, log=lambda _: None)
     assert ddp_accuracy > 0.9

@@ -13,11 +13,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from mnistcnn import engine
+from mnistcnn import train as engine
 from mnistcnn.checkpoint import load_model, load_state
 from mnistcnn.config import Config, from_dict, load_config, optimizers
 from mnistcnn.data import Split
-from mnistcnn.engine import (
+from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
+from mnistcnn.model import build_model
+from mnistcnn.train import (
     build_loss,
     build_optimizer,
     build_scheduler,
@@ -27,8 +29,6 @@ from mnistcnn.engine import (
     resolve_device,
     train_one_epoch,
 )
-from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
-from mnistcnn.model import build_model
 
 CPU = torch.device("cpu")
 # Small and fast: 512 training images (4 batches), a 256-image validation split.

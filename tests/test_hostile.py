@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistcnn import answers
 from mnistcnn.cli import main
-from mnistcnn.predict import predict_paths
+from mnistcnn.predict import files as answers
+from mnistcnn.predict.classify import predict_paths
 
 N_MANY = 2_500
 

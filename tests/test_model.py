@@ -10,7 +10,6 @@ import torch
 
 from mnistcnn.checkpoint import save_model
 from mnistcnn.data import Split
-from mnistcnn.engine import predict_logits
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model import (
     CPU_BATCH_BYTES,
@@ -25,6 +24,7 @@ from mnistcnn.model import (
     largest_map,
     model_from_state,
 )
+from mnistcnn.train import predict_logits
 
 ARCHS = [
     ("baseline", {}),

@@ -14,8 +14,8 @@ from PIL import Image
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import _read, classify, predict_numbers, read_number
-from mnistcnn.preprocess import segment
+from mnistcnn.photo import segment
+from mnistcnn.predict.classify import _read, classify, predict_numbers, read_number
 
 pytestmark = pytest.mark.slow  # uses the session's trained digit model
 

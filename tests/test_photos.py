@@ -21,8 +21,7 @@ from PIL import Image, ImageDraw
 
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import classify
-from mnistcnn.preprocess import (
+from mnistcnn.photo import (
     DRAFT_SIDE,
     Preprocessed,
     open_image,
@@ -30,6 +29,7 @@ from mnistcnn.preprocess import (
     preprocess_image,
     steps_panel,
 )
+from mnistcnn.predict.classify import classify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen

@@ -22,8 +22,14 @@ from PIL import Image, ImageDraw
 from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import ENERGY_WEIGHT, WIDE_COST, _scores, predict_numbers, read_number
-from mnistcnn.preprocess import Preprocessed, Row, _remove_lines, preprocess_image, segment
+from mnistcnn.photo import Preprocessed, Row, _remove_lines, preprocess_image, segment
+from mnistcnn.predict.classify import (
+    ENERGY_WEIGHT,
+    WIDE_COST,
+    _scores,
+    predict_numbers,
+    read_number,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen

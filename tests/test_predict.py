@@ -13,8 +13,8 @@ from conftest import STYLES
 from PIL import Image
 
 from mnistcnn.model import DigitNet
-from mnistcnn.predict import Prediction, classify, expand_inputs, predict_paths
-from mnistcnn.preprocess import open_image, preprocess
+from mnistcnn.photo import open_image, preprocess
+from mnistcnn.predict.classify import Prediction, classify, expand_inputs, predict_paths
 
 pytestmark = pytest.mark.slow  # every test here uses the session's trained digit model
 

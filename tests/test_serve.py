@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from mnistcnn import serve
 from mnistcnn.cli import main
 from mnistcnn.model import count_parameters
-from mnistcnn.preprocess import preprocess
+from mnistcnn.photo import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 

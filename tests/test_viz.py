@@ -19,13 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcnn import engine
+from mnistcnn import train as engine
 from mnistcnn.cli import main
 from mnistcnn.config import Config, from_dict, read_yaml_file
 from mnistcnn.errors import ConfigError
-from mnistcnn.figures import SIZES
 from mnistcnn.report import FIGURES, compare, find_run, format_compare, report
-from mnistcnn.runlog import CONFIG, METRICS, MODEL, STEPS
+from mnistcnn.report.figures import SIZES
+from mnistcnn.train.runlog import CONFIG, METRICS, MODEL, STEPS
 
 pytest.importorskip("matplotlib", reason="the viz extra is not installed: pip install '.[dev]'")
 
@@ -270,9 +270,9 @@ def test_pictures_without_matplotlib_are_a_one_line_error(
 ) -> None:
     import mnistcnn
 
-    for name in ("figures", "report"):  # forget the imported modules: import them afresh
+    for name in ("report.figures", "report"):  # forget the imported modules: import them afresh
         monkeypatch.delitem(sys.modules, f"mnistcnn.{name}", raising=False)
-        monkeypatch.delattr(mnistcnn, name, raising=False)
+    monkeypatch.delattr(mnistcnn, "report", raising=False)
     for name in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails
     code, out, err = cli(capsys, "compare", tiny_run["run_dir"])
@@ -298,7 +298,7 @@ def test_predict_explain(
     tmp_path: Path,
 ) -> None:
     from mnistcnn.checkpoint import load_model
-    from mnistcnn.explain import occlusion
+    from mnistcnn.predict.explain import occlusion
 
     seven = mnist_test.images[0].numpy()  # the test set's first digit is a 7
     Image.fromarray(255 - seven).resize((84, 84)).save(tmp_path / "seven.png")
@@ -333,7 +333,7 @@ def test_predict_and_start_up_import_no_plotting(
 
 
 def test_figures_draw_without_a_display() -> None:
-    from mnistcnn import figures
+    from mnistcnn.report import figures
 
     rgb = figures.to_rgb(figures.confusion(np.eye(10, dtype=int) * 100))
     assert rgb.shape == (SIZES["confusion"][1], SIZES["confusion"][0], 3)

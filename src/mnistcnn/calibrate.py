@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mnistcnn import tta
+from mnistcnn.predict import tta
 
 if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
     from mnistcnn.data import Split

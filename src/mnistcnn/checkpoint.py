@@ -1,54 +1,21 @@
 """Saving and loading model files: atomic writes, `weights_only=True` reads, one-line errors.
 
-A model file is the model's `state_dict`, which describes itself (see `model.DigitNet`). Files
-are written to a temporary file in the same folder, fsynced, then renamed over the target, so a
-crash leaves either the old file or the new one.
+A model file is the model's `state_dict`, which describes itself (see `model.DigitNet`); every
+file is written atomically (`files.atomic_write`).
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import pickletools
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from mnistcnn.errors import CheckpointError
+from mnistcnn.files import atomic_write
 from mnistcnn.model import DigitNet, model_from_state
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write` on a temp file beside `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically replace a text file."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_model(model: DigitNet, path: str | Path) -> None:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from mnistcnn.checkpoint import atomic_write
 from mnistcnn.config import AugmentConfig, DataConfig
 from mnistcnn.errors import DataError
+from mnistcnn.files import atomic_write
 
 # md5 of the original uncompressed files: anything else is not MNIST, or is damaged.
 OFFICIAL_MD5 = {

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from mnistcnn import config as config_mod
-from mnistcnn import figures
-from mnistcnn.checkpoint import atomic_write_text, load_model
+from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import MnistCnnError
+from mnistcnn.files import atomic_write_text
 from mnistcnn.model import DigitNet, count_parameters
-from mnistcnn.runlog import CONFIG, METRICS, MODEL, STEPS, WORST, worst_mistakes
+from mnistcnn.report import figures
+from mnistcnn.train.runlog import CONFIG, METRICS, MODEL, STEPS, WORST, worst_mistakes
 
 # The report's pictures, in page order: file stem -> caption.
 FIGURES = {
@@ -109,8 +110,8 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 def render(run: Run, out_dir: Path, data_dir: str | Path | None = None) -> dict[str, Path]:
     """Write every figure of `run` as a PNG in `out_dir`; their paths by figure name."""
     from mnistcnn.data import default_cache_dir, load_mnist, to_float
-    from mnistcnn.engine import predict_logits
     from mnistcnn.metrics import confusion_matrix
+    from mnistcnn.train import predict_logits
 
     cfg = config_mod.from_dict(config_mod.read_yaml_file(run.config))
     rows = _rows(run.metrics)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistcnn.answers import Prediction
 from mnistcnn.calibrate import stored_temperatures
 from mnistcnn.model import DigitNet
+from mnistcnn.predict.files import Prediction
 
 # A 5x5 patch is about a stroke's width and a third of a digit's height in MNIST's 20x20 box:
 # small enough to localize, large enough that blanking it changes the digit.
@@ -54,7 +54,7 @@ def occlusion(
 
 def save_explanation(model: DigitNet, image: np.ndarray, path: str | Path) -> Path:
     """Write the input, its occlusion map and their overlay as one PNG."""
-    from mnistcnn import figures
+    from mnistcnn.report import figures
 
     heat, label, probability = occlusion(model, image)
     return figures.save(figures.explain(image, heat, label, probability), path)
@@ -65,7 +65,7 @@ def explain_predictions(
 ) -> Iterator[Path]:
     """`NAME.explain.png` in `out_dir` for each answered file, named like its `NAME.png` view
     (a second `digit` input is `digit.jpg`, then `digit.jpg-2`, ...)."""
-    from mnistcnn.preprocess import preprocess
+    from mnistcnn.photo import preprocess
 
     taken: set[str] = set()
     for p in predictions:

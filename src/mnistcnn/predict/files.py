@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mnistcnn.errors import ImageError
-from mnistcnn.preprocess import Steps, preprocess, steps_panel
+from mnistcnn.photo import Steps, preprocess, steps_panel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 

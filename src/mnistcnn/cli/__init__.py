@@ -51,10 +51,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnistcnn import distributed
     from mnistcnn.checkpoint import load_training_state
     from mnistcnn.config import from_dict, load_config, replace_config
-    from mnistcnn.engine import check_output, fit, output_paths
+    from mnistcnn.train import check_output, distributed, fit, output_paths
 
     state = None
     world = distributed.from_env()
@@ -106,9 +105,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.calibrate import evaluate_calibration, format_calibration
     from mnistcnn.checkpoint import load_model
     from mnistcnn.data import default_cache_dir, load_mnist
-    from mnistcnn.engine import predict_logits, resolve_device
     from mnistcnn.metrics import classification_report, format_report
     from mnistcnn.model import fuse
+    from mnistcnn.train import predict_logits, resolve_device
 
     device = resolve_device(args.device or "auto", "--device")
     # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
@@ -130,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lines = [format_report(report), "", *format_calibration(report["calibration"])]
     _print_json(report) if args.json else _stdout("\n".join(lines))
     if args.save_confusion:
-        from mnistcnn import figures
+        from mnistcnn.report import figures
 
         figures.save(figures.confusion(np.array(report["confusion"])), args.save_confusion)
         _stderr(f"saved {args.save_confusion}")
@@ -140,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from mnistcnn.calibrate import fit_on_validation
     from mnistcnn.checkpoint import load_model, save_model
-    from mnistcnn.engine import resolve_device
+    from mnistcnn.train import resolve_device
 
     model = load_model(args.model, resolve_device(args.device or "auto", "--device"))
     fitted, split = fit_on_validation(
@@ -173,14 +172,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.multi and onnx:
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
     if onnx:  # onnxruntime: torch is never imported
-        from mnistcnn.onnx_predict import load_onnx, predict_paths
+        from mnistcnn.predict.onnx import load_onnx, predict_paths
 
         model: Any = load_onnx(args.model)
         calibrated = model.temperature is not None
     else:
         from mnistcnn.calibrate import stored_temperatures
         from mnistcnn.checkpoint import load_model
-        from mnistcnn.predict import predict_numbers, predict_paths
+        from mnistcnn.predict.classify import predict_numbers, predict_paths
 
         model = load_model(args.model)
         calibrated = stored_temperatures(model.meta) is not None
@@ -196,7 +195,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = _show(found, args, _number_line if args.multi else _label_line)
     _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
-        from mnistcnn.explain import explain_predictions
+        from mnistcnn.predict.explain import explain_predictions
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             _stderr(f"saved {path}")

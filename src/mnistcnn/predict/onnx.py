@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mnistcnn.answers import MIN_CONFIDENCE, Prediction, predict_files
 from mnistcnn.errors import CheckpointError, MnistCnnError
+from mnistcnn.predict.files import MIN_CONFIDENCE, Prediction, predict_files
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import shutil
 import time
 import warnings
@@ -23,9 +22,9 @@ import torch
 from torch import nn
 
 from mnistcnn import config as config_mod
-from mnistcnn.checkpoint import atomic_write, atomic_write_text
 from mnistcnn.config import Config
 from mnistcnn.errors import MnistCnnError
+from mnistcnn.files import atomic_write, atomic_write_text, write_csv
 
 # What a run folder holds (report and compare read these names).
 CONFIG, METRICS, STEPS, MODEL = "config.yaml", "metrics.csv", "steps.csv", "model.pth"
@@ -33,14 +32,6 @@ STEP_FIELDS = ("step", "epoch_float", "loss", "accuracy", "lr", "grad_norm")
 # How many of the most confident test mistakes go to TensorBoard and the report.
 WORST = 24
 ENABLE_HINT = "TensorBoard event files are off: pip install 'mnistcnn[viz]' to write them"
-
-
-def _csv(rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(fields))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def _new_folder(parent: Path, name: str) -> Path:
@@ -162,8 +153,8 @@ class RunLog:
         if not self.enabled:
             return
         assert self.folder is not None
-        atomic_write_text(self.folder / METRICS, _csv(history, list(history[0])))
-        atomic_write_text(self.folder / STEPS, _csv(self.steps, STEP_FIELDS))
+        write_csv(self.folder / METRICS, history)
+        write_csv(self.folder / STEPS, self.steps, STEP_FIELDS)
         if saved is not None:
             self.copy_model(saved)
         if self.writer is None:
@@ -193,7 +184,7 @@ class RunLog:
         from mnistcnn.metrics import confusion_matrix
 
         try:
-            from mnistcnn import figures
+            from mnistcnn.report import figures
         except MnistCnnError as exc:  # tensorboard without matplotlib: scalars and graph only
             self.log(f"no confusion-matrix or mistakes images in TensorBoard: {exc}")
             return

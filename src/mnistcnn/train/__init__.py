@@ -8,9 +8,7 @@ by validation accuracy (saved atomically as soon as they improve), and tests the
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
 import random
 import re
 import sys
@@ -25,9 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn import config as config_mod
-from mnistcnn import distributed, transfer
 from mnistcnn.calibrate import calibrate_model
-from mnistcnn.checkpoint import atomic_write_text, save_model, save_training_state
+from mnistcnn.checkpoint import save_model, save_training_state
 from mnistcnn.config import AugmentConfig, Config
 from mnistcnn.data import (
     Split,
@@ -42,6 +39,7 @@ from mnistcnn.data import (
     train_loader,
 )
 from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
+from mnistcnn.files import atomic_write_text, write_csv
 from mnistcnn.model import (
     NUM_CLASSES,
     DigitNet,
@@ -51,7 +49,8 @@ from mnistcnn.model import (
     fuse,
     inference_batch,
 )
-from mnistcnn.runlog import RunLog
+from mnistcnn.train import distributed, transfer
+from mnistcnn.train.runlog import RunLog
 
 # Schedulers that expect a step per batch; every other one steps once per epoch.
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
@@ -272,14 +271,6 @@ def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         "loss": F.cross_entropy(logits, labels).item(),
         "accuracy": (logits.argmax(1) == labels).float().mean().item(),
     }
-
-
-def _metrics_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def output_paths(cfg: Config) -> dict[str, Path]:
@@ -538,7 +529,7 @@ def _train(
                 save_training_state(paths["checkpoint"], state)
                 if improved:
                     save_model(model, paths["model"])
-                atomic_write_text(paths["metrics"], _metrics_csv(history))
+                write_csv(paths["metrics"], history)
             distributed.barrier(world)  # a process that dies later leaves this epoch saved
             runlog.epoch(row, history, paths["model"] if best["epoch"] == epoch else None)
             log(

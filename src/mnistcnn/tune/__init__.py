@@ -414,7 +414,7 @@ def trial_config(
 def _objective(
     tune: TuneConfig, log: Callable[[str], None], ctrl_c: _CtrlC
 ) -> Callable[[Any], float]:
-    from mnistcnn.engine import fit
+    from mnistcnn.train import fit
 
     optuna = _optuna()
     search = tune.search

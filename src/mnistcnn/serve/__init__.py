@@ -33,12 +33,12 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnistcnn.answers import MIN_CONFIDENCE
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ImageError, MnistCnnError
 from mnistcnn.model import DigitNet, count_parameters
-from mnistcnn.predict import classify
-from mnistcnn.preprocess import open_image, preprocess_image
+from mnistcnn.photo import open_image, preprocess_image
+from mnistcnn.predict.classify import classify
+from mnistcnn.predict.files import MIN_CONFIDENCE
 
 STATIC = Path(__file__).parent / "static"
 FIELD = "image"

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from mnistcnn import __version__
-from mnistcnn.checkpoint import atomic_write, load_model
+from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ExportError
+from mnistcnn.files import atomic_write
 from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
 
 FORMATS = ("onnx", "torchscript")

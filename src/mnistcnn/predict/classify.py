@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnistcnn import tta
-from mnistcnn.answers import (
+from mnistcnn.calibrate import probabilities
+from mnistcnn.errors import ImageError
+from mnistcnn.model import DigitNet
+from mnistcnn.photo import Preprocessed, Row, segment
+from mnistcnn.predict import tta
+from mnistcnn.predict.files import (
     MIN_CONFIDENCE,
     Prediction,
     Views,
     expand_inputs,
     predict_files,
 )
-from mnistcnn.calibrate import probabilities
-from mnistcnn.errors import ImageError
-from mnistcnn.model import DigitNet
-from mnistcnn.preprocess import Preprocessed, Row, segment
 
 
 @dataclass(frozen=True)
