@@ -17,14 +17,14 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed: pip install '.[dev]'"
 )
 
-from mnistcnn.report import FIGURES, report  # noqa: E402
+from mnistcnn.report import FIGURES, write_report  # noqa: E402
 from mnistcnn.report.figures import SIZES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def report_page(tiny_run: dict, data_dir: Path, tmp_path_factory: Any) -> Path:
     out = tmp_path_factory.mktemp("html-report")
-    return report(tiny_run["run_dir"], out, data_dir)["html"]
+    return write_report(tiny_run["run_dir"], out, data_dir)["html"]
 
 
 def test_report_page_shows_every_figure(

@@ -19,13 +19,16 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcnn import train as engine
 from mnistcnn.cli import main
 from mnistcnn.config import Config, from_dict, read_yaml_file
 from mnistcnn.errors import ConfigError
-from mnistcnn.report import FIGURES, compare, find_run, format_compare, report
+from mnistcnn.files import RUN_CONFIG as CONFIG
+from mnistcnn.files import RUN_METRICS as METRICS
+from mnistcnn.files import RUN_MODEL as MODEL
+from mnistcnn.files import RUN_STEPS as STEPS
+from mnistcnn.report import FIGURES, compare_runs, find_run, format_comparison, write_report
 from mnistcnn.report.figures import SIZES
-from mnistcnn.train.runlog import CONFIG, METRICS, MODEL, STEPS
+from mnistcnn.train import fit, loops
 
 pytest.importorskip("matplotlib", reason="the viz extra is not installed: pip install '.[dev]'")
 
@@ -51,15 +54,16 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
 
 @pytest.fixture
 def quick_fit(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None], tmp_path: Path
+    make_cfg: Callable[..., Config],
+    small_splits: Callable[..., Any],
+    tmp_path: Path,
+    logged: list[str],
 ) -> Callable[..., tuple[dict[str, Any], list[str]]]:
     """Two-epoch runs on 512 images (4 steps an epoch) with run folders in tmp_path/runs."""
-    small_data(256)
 
     def run(*sets: str, **kwargs: Any) -> tuple[dict[str, Any], list[str]]:
         cfg = make_cfg(*QUICK, f"train.run_dir={tmp_path / 'runs'}", *sets)
-        logs: list[str] = []
-        return engine.fit(cfg, progress=False, log=logs.append, **kwargs), logs
+        return fit(cfg, splits=small_splits(cfg, 256), progress=False, **kwargs), logged
 
     return run
 
@@ -159,7 +163,7 @@ def test_resume_continues_in_the_same_run_folder(
 ) -> None:
     from mnistcnn.checkpoint import load_training_state
 
-    real = engine.train_one_epoch
+    real = loops.train_one_epoch
 
     def stop_in_epoch_2(*args: Any, **kwargs: Any) -> dict[str, float]:
         if kwargs["epoch"] == 2:
@@ -167,10 +171,10 @@ def test_resume_continues_in_the_same_run_folder(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
+    monkeypatch.setattr(loops, "train_one_epoch", stop_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         quick_fit()
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    monkeypatch.setattr(loops, "train_one_epoch", real)
     (run,) = (tmp_path / "runs").iterdir()
     state = load_training_state(tmp_path / "model.ckpt")
     assert state["run_dir"] == str(run)
@@ -189,7 +193,7 @@ def test_resume_continues_in_the_same_run_folder(
 @pytest.fixture(scope="module")
 def tiny_report(tiny_run: dict[str, Any], data_dir: Path, tmp_path_factory: Any) -> dict:
     out = tmp_path_factory.mktemp("report")
-    return report(tiny_run["run_dir"], out, data_dir)
+    return write_report(tiny_run["run_dir"], out, data_dir)
 
 
 def test_report_renders_every_figure(tiny_report: dict[str, Path]) -> None:
@@ -239,14 +243,14 @@ def test_compare_table_and_overlay(
     tmp_path: Path,
 ) -> None:
     plot = tmp_path / "cmp.png"
-    table = compare([tiny_run["run_dir"], digit_model_run["path"]], plot)
+    table = compare_runs([tiny_run["run_dir"], digit_model_run["path"]], plot)
     assert [row["run"] for row in table] == [Path(tiny_run["run_dir"]).name, "digits"]
     assert table[1]["model.name"] == "baseline" and table[0]["model.name"] == "cnn"
     assert "train.output" not in table[0] and "optim.lr" in table[0]
     assert table[0]["test_accuracy"] == pytest.approx(tiny_run["test_accuracy"])
     assert table[1]["best_val_accuracy"] == pytest.approx(digit_model_run["val_accuracy"])
     assert_png(plot, SIZES["compare"])
-    lines = format_compare(table).splitlines()
+    lines = format_comparison(table).splitlines()
     assert lines[0].split() == ["run", Path(tiny_run["run_dir"]).name, "digits"]
     assert lines[1].split() == ["data.subset", "8000", "30000"]
     assert lines[-3].startswith("best val acc") and lines[-1].startswith("time")
@@ -270,8 +274,8 @@ def test_pictures_without_matplotlib_are_a_one_line_error(
 ) -> None:
     import mnistcnn
 
-    for name in ("report.figures", "report"):  # forget the imported modules: import them afresh
-        monkeypatch.delitem(sys.modules, f"mnistcnn.{name}", raising=False)
+    for name in [m for m in sys.modules if m.startswith("mnistcnn.report")]:  # import afresh
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.delattr(mnistcnn, "report", raising=False)
     for name in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails

@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+# The files of a run folder: train's RunLog writes them, report and compare read them.
+RUN_CONFIG, RUN_METRICS = "config.yaml", "metrics.csv"
+RUN_STEPS, RUN_MODEL = "steps.csv", "model.pth"
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

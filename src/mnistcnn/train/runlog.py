@@ -1,16 +1,14 @@
 """The run folder (`runs/<name>-<time>/`) and its TensorBoard event files.
 
-`RunLog.open` makes the folder and writes the resolved config; during training it receives
-per-step and per-epoch scalars (kept in steps.csv / metrics.csv and sent to TensorBoard) and a
-copy of each saved model; at the end the confusion matrix and the worst mistakes. Without
-tensorboard installed the folder is still written and the run says how to get the events;
-with `train.run_dir: null` every method does nothing.
+It holds the resolved config, per-step and per-epoch scalars (steps.csv, metrics.csv, also sent
+to TensorBoard), a copy of the best model and, at the end, the test set's confusion matrix and
+worst mistakes. Without tensorboard only the files; with `train.run_dir: null` nothing.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
+import logging
 import shutil
 import time
 import warnings
@@ -22,15 +20,13 @@ import torch
 from torch import nn
 
 from mnistcnn import config as config_mod
+from mnistcnn import files
 from mnistcnn.config import Config
+from mnistcnn.data import to_float
 from mnistcnn.errors import MnistCnnError
-from mnistcnn.files import atomic_write, atomic_write_text, write_csv
 
-# What a run folder holds (report and compare read these names).
-CONFIG, METRICS, STEPS, MODEL = "config.yaml", "metrics.csv", "steps.csv", "model.pth"
+log = logging.getLogger(__name__)
 STEP_FIELDS = ("step", "epoch_float", "loss", "accuracy", "lr", "grad_norm")
-# How many of the most confident test mistakes go to TensorBoard and the report.
-WORST = 24
 ENABLE_HINT = "TensorBoard event files are off: pip install 'mnistcnn[viz]' to write them"
 
 
@@ -59,32 +55,23 @@ def _summary_writer(folder: Path, purge_step: int | None) -> Any:
 
 def _belongs(run_dir: str | None, cfg: Config) -> bool:
     """Is `run_dir` the folder of this very run (not of a checkpoint copied from elsewhere)?"""
-    if not run_dir or not (Path(run_dir) / CONFIG).is_file():
+    if not run_dir or not (Path(run_dir) / files.RUN_CONFIG).is_file():
         return False
-    recorded = config_mod.read_yaml_file(Path(run_dir) / CONFIG).get("train", {})
+    recorded = config_mod.read_yaml_file(Path(run_dir) / files.RUN_CONFIG).get("train", {})
     return isinstance(recorded, dict) and recorded.get("output") == cfg.train.output
 
 
 class RunLog:
     """One training run's folder and TensorBoard writer (`folder` is None when disabled)."""
 
-    def __init__(
-        self,
-        folder: Path | None,
-        writer: Any,
-        steps: list[dict[str, Any]],
-        log: Callable[[str], None] = print,
-    ) -> None:
-        self.log = log
+    def __init__(self, folder: Path | None, writer: Any, steps: list[dict[str, Any]]) -> None:
         self.folder = folder
         self.writer = writer
         self.steps = steps
         self._norms: list[float] = []
 
     @classmethod
-    def open(
-        cls, cfg: Config, *, log: Callable[[str], None], resume: dict[str, Any] | None = None
-    ) -> RunLog:
+    def open(cls, cfg: Config, *, resume: dict[str, Any] | None = None) -> RunLog:
         """Create (or, resuming, reopen) the run folder and write the resolved config."""
         if not cfg.train.run_dir:
             return cls(None, None, [])
@@ -93,20 +80,20 @@ class RunLog:
         if resume is not None and _belongs(resume.get("run_dir"), cfg):
             folder = Path(resume["run_dir"])
             purge = resume["run_step"] + 1
-            if (folder / STEPS).is_file():
-                with open(folder / STEPS, newline="") as f:
-                    steps = [r for r in csv.DictReader(f) if int(r["step"]) < purge]
+            saved = folder / files.RUN_STEPS
+            if saved.is_file():
+                steps = [r for r in files.read_csv(saved) if int(r["step"]) < purge]
         else:
             name = cfg.train.run_name or Path(cfg.train.output).stem
             folder = _new_folder(Path(cfg.train.run_dir), name)
-        atomic_write_text(folder / CONFIG, config_mod.dump(cfg))
+        files.atomic_write_text(folder / files.RUN_CONFIG, config_mod.dump(cfg))
         writer = _summary_writer(folder, purge)
         see = f"tensorboard --logdir {folder.parent}" if writer else ENABLE_HINT
-        log(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
+        log.info(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
         if writer is not None:
             text = "\n".join(f"    {line}" for line in config_mod.dump(cfg).splitlines())
             writer.add_text("config", text)
-        return cls(folder, writer, steps, log)
+        return cls(folder, writer, steps)
 
     @property
     def enabled(self) -> bool:
@@ -153,8 +140,8 @@ class RunLog:
         if not self.enabled:
             return
         assert self.folder is not None
-        write_csv(self.folder / METRICS, history)
-        write_csv(self.folder / STEPS, self.steps, STEP_FIELDS)
+        files.write_csv(self.folder / files.RUN_METRICS, history)
+        files.write_csv(self.folder / files.RUN_STEPS, self.steps, STEP_FIELDS)
         if saved is not None:
             self.copy_model(saved)
         if self.writer is None:
@@ -173,7 +160,8 @@ class RunLog:
         """Copy the saved model into the run folder (atomically)."""
         if self.folder is not None and model_file.is_file():
             with open(model_file, "rb") as src:
-                atomic_write(self.folder / MODEL, lambda f: shutil.copyfileobj(src, f))
+                target = self.folder / files.RUN_MODEL
+                files.atomic_write(target, lambda f: shutil.copyfileobj(src, f))
 
     def finish(
         self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, meta: dict
@@ -186,25 +174,14 @@ class RunLog:
         try:
             from mnistcnn.report import figures
         except MnistCnnError as exc:  # tensorboard without matplotlib: scalars and graph only
-            self.log(f"no confusion-matrix or mistakes images in TensorBoard: {exc}")
+            log.info(f"no confusion-matrix or mistakes images in TensorBoard: {exc}")
             return
-
-        probs = torch.softmax(logits.float().cpu(), 1)
-        labels = labels.cpu()
-        preds = probs.argmax(1)
-        cm = confusion_matrix(preds, labels).numpy()
-        self.writer.add_image(
-            "test/confusion_matrix", figures.to_rgb(figures.confusion(cm)), dataformats="HWC"
-        )
-        worst = worst_mistakes(probs, labels, WORST)
-        fig = figures.misclassified(
-            images.cpu()[worst].float().numpy() / 255.0,
-            labels[worst].tolist(),
-            preds[worst].tolist(),
-            probs[worst].max(1).values.tolist(),
-            probs[worst, labels[worst]].tolist(),
-        )
-        self.writer.add_image("test/misclassified", figures.to_rgb(fig), dataformats="HWC")
+        matrix = confusion_matrix(torch.softmax(logits.float().cpu(), 1).argmax(1), labels)
+        for tag, fig in (
+            ("test/confusion_matrix", figures.confusion(matrix.numpy())),
+            ("test/misclassified", figures.mistakes(to_float(images), labels, logits)),
+        ):
+            self.writer.add_image(tag, figures.to_rgb(fig), dataformats="HWC")
         for key in ("test_accuracy", "test_loss", "val_accuracy"):
             if key in meta:
                 self.writer.add_scalar(f"final/{key}", meta[key], 0)
@@ -214,10 +191,3 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the misclassified images, most confident first (at most `count`)."""
-    confidence, preds = probs.max(1)
-    wrong = (preds != labels).nonzero().flatten()
-    return wrong[confidence[wrong].argsort(descending=True)][:count]

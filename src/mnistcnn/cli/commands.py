@@ -1,0 +1,278 @@
+"""One thin handler per command: parsed arguments -> library call -> printed result.
+
+Heavy modules are imported inside the handlers, so `predict` never loads torchvision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mnistcnn.cli.output import (
+    finish,
+    label_line,
+    note_uncalibrated,
+    number_line,
+    print_json,
+    show,
+    stderr,
+    stdout,
+)
+from mnistcnn.errors import ConfigError, MnistCnnError
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """`--set` plus the flags that are shorthands for a config key, as `key=value` overrides."""
+    sets = list(args.set)
+    if getattr(args, "data_dir", None):
+        sets.append(f"data.root={json.dumps(args.data_dir)}")
+    if getattr(args, "device", None):
+        sets.append(f"train.device={args.device}")
+    if getattr(args, "output", None):
+        sets.append(f"train.output={json.dumps(args.output)}")
+    if getattr(args, "run_name", None):
+        sets.append(f"train.run_name={json.dumps(args.run_name)}")
+    if getattr(args, "run_dir", None) is not None:
+        sets.append(f"train.run_dir={json.dumps(args.run_dir or None)}")
+    if getattr(args, "init_from", None):
+        sets.append(f"train.init_from={json.dumps(args.init_from)}")
+    if getattr(args, "freeze", None):
+        sets.append(f"train.freeze={args.freeze}")
+    return sets
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistcnn.checkpoint import load_training_state
+    from mnistcnn.config import from_dict, load_config, replace_config
+    from mnistcnn.train import check_output, distributed, fit, output_paths
+
+    state = None
+    world = distributed.from_env()
+    resume = args.resume
+    if not resume and world.distributed and distributed.restarted():
+        # torchrun started the processes again after one failed: go on from the last epoch.
+        checkpoint = output_paths(load_config(args.config, _overrides(args)))["checkpoint"]
+        resume = str(checkpoint) if checkpoint.is_file() else None
+    if resume:
+        if args.resume and (args.config or args.set or args.output):
+            raise ConfigError(
+                "--resume continues a run with its saved config: drop --config/--set/-o"
+            )
+        state = load_training_state(resume)
+        # The model goes beside its checkpoint, wherever the run is resumed from.
+        output = Path(state["path"]).with_suffix(".pth")
+        sets = [*_overrides(args), f"train.output={json.dumps(str(output))}"]
+        cfg = replace_config(from_dict(state["config"]), sets)
+    else:
+        cfg = load_config(args.config, _overrides(args))
+    if args.nproc > 1 and not world.distributed:
+        # Checked once here rather than once per process.
+        check_output(cfg, args.overwrite or state is not None)
+        checkpoint = output_paths(cfg)["checkpoint"]
+        return distributed.launch(args.nproc, args.argv, checkpoint, args.max_restarts)
+    progress = not args.quiet and sys.stderr.isatty()
+    result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
+    if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
+        return 0
+    if args.json:
+        print_json(result)
+        return 0
+    stdout(f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})")
+    stdout(
+        f"temperature {result['temperature']:.4f}: validation ECE "
+        f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %"
+    )
+    stdout(f"saved {result['model']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from mnistcnn.calibrate import evaluate_calibration, format_calibration
+    from mnistcnn.checkpoint import load_model
+    from mnistcnn.data import default_cache_dir, load_mnist
+    from mnistcnn.metrics import classification_report, format_report
+    from mnistcnn.model import fuse
+    from mnistcnn.train import predict_logits, resolve_device
+
+    device = resolve_device(args.device or "auto", "--device")
+    # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
+    model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
+    data = {"download": not args.no_download}
+    test = load_mnist(args.data_dir, train=False, cache=default_cache_dir(), **data).to(device)
+    logits = predict_logits(model, test, args.batch_size, device, amp=args.amp, channels_last=True)
+    report = classification_report(logits, test.labels)
+    report["calibration"] = evaluate_calibration(
+        model,
+        args.model,
+        test,
+        logits,
+        args.data_dir,
+        **data,
+        batch_size=args.batch_size,
+        use_tta=args.tta,
+    )
+    lines = [format_report(report), "", *format_calibration(report["calibration"])]
+    print_json(report) if args.json else stdout("\n".join(lines))
+    if args.save_confusion:
+        from mnistcnn.report import figures
+
+        figures.save(figures.confusion(np.array(report["confusion"])), args.save_confusion)
+        stderr(f"saved {args.save_confusion}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from mnistcnn.calibrate import fit_on_validation
+    from mnistcnn.checkpoint import load_model, save_model
+    from mnistcnn.train import resolve_device
+
+    model = load_model(args.model, resolve_device(args.device or "auto", "--device"))
+    fitted, split = fit_on_validation(
+        model, args.model, args.data_dir, download=not args.no_download, batch_size=args.batch_size
+    )
+    model.meta = {**model.meta, **fitted}
+    save_model(model, args.model)
+    if args.json:
+        print_json({**fitted, "split": split, "model": args.model})
+        return 0
+    stdout(
+        f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}), "
+        f"fitted on {split}"
+    )
+    stdout(
+        f"validation ECE {100 * fitted['val_ece']:.2f} % -> "
+        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
+    )
+    return 0
+
+
+def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
+    if args.explain and not args.save_preprocessed:
+        raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
+    if args.explain and (args.multi or onnx):
+        raise ConfigError("--explain works on single digits with a .pth model")
+    if args.tta and onnx:
+        raise ConfigError("--tta works with a .pth model (its views need torch)")
+    if args.multi and onnx:
+        raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    onnx = Path(args.model).suffix.lower() == ".onnx"
+    _check_predict_flags(args, onnx)
+    if onnx:  # onnxruntime: torch is never imported
+        from mnistcnn.predict.onnx import load_onnx
+
+        model: Any = load_onnx(args.model)
+        calibrated = model.temperature is not None
+    else:
+        from mnistcnn.checkpoint import load_model
+        from mnistcnn.predict.classify import classifier
+        from mnistcnn.predict.number import predict_numbers
+        from mnistcnn.temperature import stored_temperatures
+
+        model = load_model(args.model)
+        calibrated = stored_temperatures(model.meta) is not None
+    options: dict[str, Any] = {
+        "top_k": args.top_k,
+        "save_dir": args.save_preprocessed,
+        "min_confidence": args.min_confidence,
+    }
+    if args.multi:
+        found: Iterable[Any] = predict_numbers(model, args.images, **options, use_tta=args.tta)
+    else:
+        from mnistcnn.predict.files import DIGITS, predict_paths
+
+        classify = model.probabilities if onnx else classifier(model, args.tta)
+        labels = model.labels if onnx else DIGITS
+        found = predict_paths(classify, args.images, labels=labels, **options)
+    results = show(found, args.json, number_line if args.multi else label_line)
+    note_uncalibrated(calibrated, results, args.model)
+    if args.explain:
+        from mnistcnn.predict.explain import explain_predictions
+
+        for path in explain_predictions(model, results, args.save_preprocessed):
+            stderr(f"saved {path}")
+    return finish(results, args.images, args.json)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mnistcnn.serve import serve
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
+            raise
+        raise MnistCnnError(f"serve needs {exc.name}: pip install 'mnistcnn[serve]'") from None
+    serve(args.model, args.host, args.port, log=stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mnistcnn.export import export_model, format_report
+
+    report = export_model(
+        args.model,
+        args.output,
+        fmt=args.format,
+        fuse_bn=args.fuse,
+        quantize=args.quantize,
+        data_dir=args.data_dir,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
+    )
+    print_json(dataclasses.asdict(report)) if args.json else stdout(format_report(report))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnistcnn.report import write_report
+
+    written = write_report(args.run, args.output, args.data_dir)
+    stdout(f"wrote {len(written) - 1} pictures and {written['html']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mnistcnn.report import compare_runs, format_comparison
+
+    table = compare_runs(args.runs, args.plot)
+    print_json(table) if args.json else stdout(format_comparison(table))
+    stderr(f"saved {args.plot}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mnistcnn.tune import format_report, load_tune_config, run_study
+
+    flags = {"study": args.study, "storage": args.storage, "n_trials": args.n_trials}
+    flags["timeout"] = args.timeout
+    search = [f"search.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    sets = [*_overrides(args), *search]
+    report = run_study(load_tune_config(args.config, sets), jobs=args.jobs, quiet=args.quiet)
+    print_json(dataclasses.asdict(report)) if args.json else stdout(format_report(report))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from mnistcnn.config import dump, load_config
+
+    print(dump(load_config(args.config, _overrides(args))), end="")
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from mnistcnn.config import load_config
+    from mnistcnn.model import build_model, format_layer_table, layer_table
+
+    cfg = load_config(args.config, _overrides(args))
+    model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)
+    print_json(layer_table(model)) if args.json else stdout(format_layer_table(model))
+    return 0
