@@ -71,7 +71,7 @@ def train(path: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     cfg = load_config(path, [f"train.output={out}", "train.run_dir=null", *sets])
     seconds: list[float] = []
     result = fit(
-        cfg, overwrite=True, progress=False, log=lambda _: None,
+        cfg, overwrite=True, progress=False,
         on_epoch=lambda row: seconds.append(row["seconds"]),
     )  # fmt: skip
     return {**result, "epoch_seconds": statistics.mean(seconds)}

@@ -46,7 +46,7 @@ def run_config(name: str, data_dir: str, out: Path, *sets: str) -> dict:
     """Train configs/NAME.yaml in this process; the summary plus the wall time of `fit`."""
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"data.root={data_dir}", *sets])
     t0 = time.perf_counter()
-    result = fit(cfg, overwrite=True, progress=False, log=lambda _: None)
+    result = fit(cfg, overwrite=True, progress=False)
     return {**result, "wall": time.perf_counter() - t0, "path": out}
 
 

@@ -6,6 +6,8 @@ downloaded. Decoded tensors are cached in a per-session temporary folder, not in
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -103,23 +105,67 @@ def make_cfg(data_dir: Path, tmp_path: Path) -> Callable[..., Any]:
     return make
 
 
+@pytest.fixture(scope="session")
+def small_splits(mnist_train: Any, mnist_test: Any) -> Callable[..., Any]:
+    """`small_splits(cfg, test_images=500)`: the session's MNIST split as `cfg` says, for `fit`."""
+    from mnistcnn.data import Split, splits_of
+
+    def make(cfg: Any, test_images: int = 500) -> Any:
+        test = Split(mnist_test.images[:test_images], mnist_test.labels[:test_images])
+        return splits_of(mnist_train, test, cfg.data)
+
+    return make
+
+
 @pytest.fixture
 def small_data(
     monkeypatch: pytest.MonkeyPatch, mnist_train: Any, mnist_test: Any
 ) -> Callable[[int], None]:
-    """Make `fit` read the session's splits with a test set of only `n` images (fast loops)."""
-    from mnistcnn import train as engine
+    """For tests through the CLI, which cannot hand `fit` its splits: the session's MNIST with
+    a test set of only `n` images instead of the files (tests calling `fit` use small_splits)."""
+    from mnistcnn import data
     from mnistcnn.data import Split
 
     def use(test_images: int = 500) -> None:
-        def fake_load(root: Any, train: bool, **kwargs: Any) -> Any:
+        def session_mnist(root: Any, train: bool, **kwargs: Any) -> Any:
             if train:
                 return mnist_train
             return Split(mnist_test.images[:test_images], mnist_test.labels[:test_images])
 
-        monkeypatch.setattr(engine, "load_mnist", fake_load)
+        monkeypatch.setattr(data, "load_mnist", session_mnist)
 
     return use
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def log_lines(handler: type[_Lines] = _Lines) -> Iterator[list[str]]:
+    """The messages the package logs (INFO and up) inside the block, through `handler`."""
+    lines: list[str] = []
+    logger, sink = logging.getLogger("mnistcnn"), handler(lines)
+    level = logger.level
+    logger.addHandler(sink)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(sink)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """The messages the package logs during the test (INFO and up), in order."""
+    with log_lines() as lines:
+        yield lines
 
 
 def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, ...]) -> dict:
@@ -138,8 +184,8 @@ def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, .
             *overrides,
         ],
     )
-    logs: list[str] = []
-    result = fit(cfg, progress=False, log=logs.append)
+    with log_lines() as logs:
+        result = fit(cfg, progress=False)
     return {**result, "path": out, "cfg": cfg, "logs": logs}
 
 

@@ -264,12 +264,11 @@ def test_preset_builds_and_comments_every_value(path: Path) -> None:
     ids=["residual", "attention"],
 )
 def test_residual_and_attention_models_learn(
-    sets: tuple[str, ...], make_cfg: Callable[..., Any], small_data: Callable[[int], None]
+    sets: tuple[str, ...], make_cfg: Callable[..., Any], small_splits: Callable[..., Any]
 ) -> None:
-    small_data(1000)
     cfg = make_cfg("train.threads=1", *sets)  # tiny.yaml: 8k images, 2 epochs
     assert cfg.model.kwargs["channels"] == (8, 16, 32)
-    result = fit(cfg, progress=False, log=lambda _: None)
+    result = fit(cfg, splits=small_splits(cfg, 1000), progress=False)
     # Chance is 10 %; tiny.yaml's plain network gets 93.0 % on the full test set.
     assert result["test_accuracy"] > 0.85, result["test_accuracy"]
 

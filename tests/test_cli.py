@@ -19,10 +19,10 @@ import yaml
 from conftest import TINY
 
 from mnistcnn import __version__
-from mnistcnn import train as engine
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.config import Config, dump, load_config
+from mnistcnn.train import loops
 
 QUICK = ["--set", "data.subset=512", "--set", "data.val_size=256", "--set", "train.epochs=1"]
 NO_RUN_DIR = ["--set", "train.run_dir=null"]  # tests never write runs/ into the repository
@@ -261,7 +261,7 @@ def test_train_ctrl_c_in_the_first_epoch_exits_130(
     def interrupted(*args: Any, **kwargs: Any) -> dict[str, float]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    monkeypatch.setattr(loops, "train_one_epoch", interrupted)
     code, out, err = cli(capsys, *train_args)
     assert code == 130
     assert "nothing saved" in out

@@ -199,7 +199,7 @@ def test_rank_zero_alone_reports_and_saves_a_plain_model(
     # One process, same global batch and seed: the same accuracy within noise.
     from mnistcnn.train import fit
 
-    single = fit(make_cfg(*SETS), progress=False, log=lambda _: None)
+    single = fit(make_cfg(*SETS), progress=False)
     assert ddp_accuracy > 0.9
     assert abs(single["test_accuracy"] - ddp_accuracy) < 0.02
 

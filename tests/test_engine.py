@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import log_lines
 from tqdm import tqdm
 
-from mnistcnn import train as engine
 from mnistcnn.checkpoint import load_model, load_state
 from mnistcnn.config import Config, from_dict, load_config, optimizers
 from mnistcnn.data import Split
@@ -25,6 +26,7 @@ from mnistcnn.train import (
     build_scheduler,
     evaluate,
     fit,
+    loops,
     output_paths,
     resolve_device,
     train_one_epoch,
@@ -38,9 +40,14 @@ QUICK = ("data.subset=512", "data.val_size=256", "train.epochs=1")
 DIVERGES = ("model={name: baseline, channels: [4, 8], hidden: 16}", "optim.name=SGD")
 
 
-def quiet_fit(cfg: Config, **kwargs: Any) -> tuple[dict[str, Any], list[str]]:
-    logs: list[str] = []
-    return fit(cfg, progress=False, log=logs.append, **kwargs), logs
+@pytest.fixture
+def quiet_fit(small_splits: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """`quiet_fit(cfg, **kwargs)`: fit on the session's MNIST, 256 test images, no progress bar."""
+
+    def run(cfg: Config, **kwargs: Any) -> dict[str, Any]:
+        return fit(cfg, splits=small_splits(cfg, 256), progress=False, **kwargs)
+
+    return run
 
 
 def metrics(cfg: Config) -> list[dict[str, str]]:
@@ -93,9 +100,8 @@ def test_saved_model_scores_what_fit_reported(tiny_run: dict[str, Any], mnist_te
 
 
 def test_seeded_run_twice_gives_identical_weights(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None], tmp_path: Path
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]], tmp_path: Path
 ) -> None:
-    small_data(256)
     # augmentation and dropout on: every random source must be seeded
     sets = (
         *QUICK,
@@ -103,8 +109,8 @@ def test_seeded_run_twice_gives_identical_weights(
         "model.dropout=0.2",
         "data.augment={degrees: 15, translate: 0.1, scale: 0.1}",
     )
-    first, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'a.pth'}"))
-    second, _ = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'b.pth'}"))
+    first = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'a.pth'}"))
+    second = quiet_fit(make_cfg(*sets, f"train.output={tmp_path / 'b.pth'}"))
     quiet_fit(make_cfg(*sets, "train.seed=1", f"train.output={tmp_path / 'c.pth'}"))
     a, b, c = (load_state(tmp_path / f"{x}.pth") for x in "abc")
     tensors = [k for k, v in a.items() if torch.is_tensor(v)]
@@ -118,9 +124,8 @@ def test_seeded_run_twice_gives_identical_weights(
 
 
 def test_nan_loss_stops_training_and_keeps_the_old_model(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
-    small_data(256)
     cfg = make_cfg(*QUICK, *DIVERGES, "optim.lr=1e6")
     output = Path(cfg.train.output)
     output.write_bytes(b"the previous model")
@@ -132,9 +137,8 @@ def test_nan_loss_stops_training_and_keeps_the_old_model(
 
 
 def test_nan_in_a_later_epoch_keeps_the_best_model_so_far(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
-    small_data(256)
     # a sane first epoch, then a learning rate 1e30 times larger
     sets = (*QUICK, *DIVERGES, "optim.lr=0.05", "sched={name: StepLR, step_size: 1, gamma: 1e30}")
     cfg = make_cfg(*sets, "train.epochs=3")
@@ -162,7 +166,9 @@ def test_nan_check_names_the_batch(mnist_test: Split) -> None:
         train_one_epoch(model, batches, optimizer, loss_fn, device=CPU, log_every=2, epoch=7)
 
 
-def test_existing_output_is_not_overwritten(make_cfg: Callable[..., Config]) -> None:
+def test_existing_output_is_not_overwritten(
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
+) -> None:
     cfg = make_cfg(*QUICK)
     output = Path(cfg.train.output)
     output.write_bytes(b"keep me")
@@ -173,9 +179,8 @@ def test_existing_output_is_not_overwritten(make_cfg: Callable[..., Config]) -> 
 
 
 def test_overwrite_replaces_the_output(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
-    small_data(256)
     cfg = make_cfg(*QUICK, "model.channels=[4, 8]", "model.convs_per_stage=[1, 1]")
     Path(cfg.train.output).write_bytes(b"old")
     quiet_fit(cfg, overwrite=True)
@@ -183,62 +188,63 @@ def test_overwrite_replaces_the_output(
 
 
 def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    real = engine.train_one_epoch
+    real = loops.train_one_epoch
 
     def train(*args: Any, **kwargs: Any) -> dict[str, float]:
         if kwargs["epoch"] == epoch:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", train)
+    monkeypatch.setattr(loops, "train_one_epoch", train)
 
 
 def test_ctrl_c_after_an_epoch_keeps_the_best_model(
     make_cfg: Callable[..., Config],
-    small_data: Callable[..., None],
+    quiet_fit: Callable[..., dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
+    logged: list[str],
 ) -> None:
-    small_data(256)
     interrupt_in_epoch(monkeypatch, 2)
     cfg = make_cfg(*QUICK, "train.epochs=3")
-    logs: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, progress=False, log=logs.append)
-    assert f"best model so far (epoch 1) is in {cfg.train.output}" in logs[-1]
+        quiet_fit(cfg)
+    assert f"best model so far (epoch 1) is in {cfg.train.output}" in logged[-1]
     assert load_model(cfg.train.output).meta["epoch"] == 1
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(
     make_cfg: Callable[..., Config],
-    small_data: Callable[..., None],
+    quiet_fit: Callable[..., dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
+    logged: list[str],
 ) -> None:
-    small_data(256)
     interrupt_in_epoch(monkeypatch, 1)
     cfg = make_cfg(*QUICK)
-    logs: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        fit(cfg, progress=False, log=logs.append)
-    assert "interrupted in epoch 1" in logs[-1] and "nothing saved" in logs[-1]
+        quiet_fit(cfg)
+    assert "interrupted in epoch 1" in logged[-1] and "nothing saved" in logged[-1]
     assert not Path(cfg.train.output).exists()
 
 
 def test_ctrl_c_right_after_an_epoch_line_reports_the_saved_model(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
     # A user presses Ctrl-C when the epoch line appears: the epoch's model is already saved,
     # so the message must point at it, not say that nothing was saved.
-    small_data(256)
     cfg = make_cfg(*QUICK, "train.epochs=3")
-    logs: list[str] = []
 
-    def log(line: str) -> None:
-        logs.append(line)
-        if line.startswith("epoch   1/"):
-            raise KeyboardInterrupt
+    class CtrlCAtEpochLine(logging.Handler):
+        def __init__(self, lines: list[str]) -> None:
+            super().__init__()
+            self.lines = lines
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, progress=False, log=log)
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+            if self.lines[-1].startswith("epoch   1/"):
+                raise KeyboardInterrupt
+
+    with log_lines(CtrlCAtEpochLine) as logs, pytest.raises(KeyboardInterrupt):
+        quiet_fit(cfg)
     assert load_model(cfg.train.output).meta["epoch"] == 1
     assert "nothing saved" not in logs[-1]
     assert str(cfg.train.output) in logs[-1]
@@ -262,22 +268,20 @@ def test_ctrl_c_right_after_an_epoch_line_reports_the_saved_model(
 )
 def test_schedulers_run(
     make_cfg: Callable[..., Config],
-    small_data: Callable[..., None],
+    quiet_fit: Callable[..., dict[str, Any]],
     sched: str,
     expect: Callable[[list[float]], bool],
 ) -> None:
-    small_data(256)
     cfg = make_cfg(*QUICK, "train.epochs=2", "optim.lr=0.01", f"sched={sched}")
-    result, _ = quiet_fit(cfg)
+    result = quiet_fit(cfg)
     lrs = [float(row["lr"]) for row in metrics(cfg)]
     assert expect(lrs), lrs
     assert 0 <= result["test_accuracy"] <= 1
 
 
 def test_one_cycle_steps_every_batch(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
-    small_data(256)
     # 2 epochs, warm-up over the first half of the steps: epoch 2 starts at the peak only if
     # the schedule stepped once per batch (stepping per epoch would leave it near the start).
     cfg = make_cfg(
@@ -420,16 +424,17 @@ def test_mps_without_mps_is_a_config_error() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_fit_on_cuda_without_cuda_fails_before_training(make_cfg: Callable[..., Config]) -> None:
+def test_fit_on_cuda_without_cuda_fails_before_training(
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
+) -> None:
     with pytest.raises(ConfigError, match="CUDA"):
         quiet_fit(make_cfg(*QUICK, "train.device=cuda"))
     assert not Path(make_cfg().train.output).exists()
 
 
 def test_threads_setting_is_applied(
-    make_cfg: Callable[..., Config], small_data: Callable[..., None]
+    make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
-    small_data(100)
     threads = 2 if torch.get_num_threads() == 1 else 1  # not what the session uses
     quiet_fit(make_cfg(*QUICK, "data.subset=200", f"train.threads={threads}"))
     assert torch.get_num_threads() == threads  # restored after the test by conftest

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,14 @@ class Split:
 
     def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
+
+
+class Splits(NamedTuple):
+    """The three parts a run uses: training, validation (carved from MNIST's train) and test."""
+
+    train: Split
+    val: Split
+    test: Split
 
 
 def _missing_message(root: Path, exc: BaseException, download: bool) -> str:
@@ -111,12 +120,7 @@ def _decode(root: Path, train: bool, download: bool, names: list[str]) -> Split:
 def load_mnist(
     root: str | Path, train: bool, download: bool = True, cache: Path | None = None
 ) -> Split:
-    """The 60k training or 10k test images as uint8 tensors.
-
-    The IDX files are checked against MNIST's published md5s, decoded once by torchvision
-    (which downloads them for online users) and cached in `cache` as a tensor file named by
-    that checksum, so later runs skip torchvision entirely. `cache=None`: no cache.
-    """
+    """The 60k training or 10k test images, md5-checked, cached in `cache` (None: no cache)."""
     root = Path(root).expanduser()
     raw = root / "MNIST" / "raw"
     names = [name for name in RAW_FILES if name.startswith("train" if train else "t10k")]
@@ -151,6 +155,21 @@ def split_train_val(train: Split, cfg: DataConfig) -> tuple[Split, Split]:
     )
 
 
+def splits_of(train: Split, test: Split, cfg: DataConfig) -> Splits:
+    """MNIST's training and test sets as `cfg` splits them (validation, subset, invert)."""
+    splits = Splits(*split_train_val(train, cfg), test)
+    return Splits(*map(invert, splits)) if cfg.invert else splits
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load MNIST as `cfg` says (root, download, cache) and split it."""
+    cache = default_cache_dir() if cfg.cache else None
+    train = load_mnist(cfg.root, train=True, download=cfg.download, cache=cache)
+    return splits_of(
+        train, load_mnist(cfg.root, train=False, download=cfg.download, cache=cache), cfg
+    )
+
+
 class TensorDigits(Dataset):
     """A Split as a map-style Dataset whose batches are gathered by one indexing op."""
 
@@ -170,12 +189,10 @@ class TensorDigits(Dataset):
 
 
 class DeviceBatches(Sampler[torch.Tensor]):
-    """A sampler's indices for a whole epoch, copied to `device` once and cut into batches.
+    """A sampler's epoch of indices, copied to `device` once and cut into batches."""
 
-    The same batches as `batch_size` over the sampler, but as index tensors already on the
-    data's device: a list of ints would be copied there at every step, and on CUDA a copy
-    from pageable memory waits for the GPU's queue to drain, so the host could never run ahead.
-    """
+    # A list of ints would be copied to the device at every step, and on CUDA a copy from
+    # pageable memory waits for the GPU's queue to drain: the host could never run ahead.
 
     def __init__(self, sampler: Sampler[int], batch_size: int, device: torch.device) -> None:
         self.sampler, self.batch_size, self.device = sampler, batch_size, device
@@ -201,13 +218,10 @@ def train_loader(split: Split, batch_size: int, generator: torch.Generator) -> D
 
 
 def shard_loader(split: Split, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
-    """This process's shard of each epoch, in batches of `batch_size`.
-
-    Every process draws the same permutation (seeded by `seed` and the epoch: call
-    `loader.batch_sampler.sampler.set_epoch(epoch)`) and takes every `ranks`-th index from
-    `rank` on, so the shards are disjoint and together their k-th batches make one contiguous
-    global batch. The last `len(split) % ranks` images of each permutation are left out.
-    """
+    """This process's shard of each epoch (`loader.batch_sampler.sampler.set_epoch(epoch)`)."""
+    # Every process draws the same permutation and takes every `ranks`-th index from `rank` on:
+    # the shards are disjoint, their k-th batches together one global batch; the last
+    # `len(split) % ranks` images of each permutation are left out.
     digits = TensorDigits(split)
     sampler = DistributedSampler(
         digits, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
@@ -262,9 +276,8 @@ def random_affine(
 
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
-    """5x5 Gaussian blur of sigma INK_BLUR with mirrored edges: torchvision's `gaussian_blur`
-    to the bit, written out because importing torchvision.transforms adds ~1.2 s to every
-    command that trains or evaluates (the data set itself comes from a tensor cache)."""
+    """5x5 Gaussian blur of sigma INK_BLUR, mirrored edges: torchvision's `gaussian_blur`."""
+    # Written out, bit for bit, so that training never imports torchvision.transforms (slow).
     spread = 2 / math.sqrt(2.0)  # torchvision's grid: 5 points at unit spacing / sqrt(2)
     x = torch.linspace(-spread, spread, steps=5, dtype=images.dtype, device=images.device)
     weights = torch.softmax(x.div(INK_BLUR).pow(2).neg(), dim=0)
@@ -275,13 +288,10 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
 def redraw_ink(
     images: torch.Tensor, share: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Redraw a random `share` of a float batch (N, 1, H, W) the way `predict` draws a photo.
-
-    A photographed digit reaches the model as ink thresholded off the paper: faint strokes gone,
-    strokes thinner or thicker than MNIST's pen, at full brightness (preprocess._redraw, _to_28).
-    Each chosen image, or a blurred copy of it (a marker), is cut at a random level of its peak
-    at 4x resolution and averaged back down: a binary shape with anti-aliased edges.
-    """
+    """Redraw a random `share` of a float batch (N, 1, H, W) the way `predict` draws a photo."""
+    # A photographed digit reaches the model as ink thresholded off the paper: faint strokes
+    # gone, thinner or thicker than MNIST's pen, full bright. Each chosen image (or a blurred
+    # copy: a marker) is cut at a random level of its peak at 4x and averaged back down.
     n = images.shape[0]
 
     def draw() -> torch.Tensor:  # U(0, 1), one per image

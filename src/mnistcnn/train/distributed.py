@@ -1,12 +1,7 @@
-"""Data-parallel training over several processes with torch.distributed.
-
-`torchrun --nproc-per-node N -m mnistcnn train ...` (or `mnistcnn train --nproc N`, which
-calls torchrun's launcher) starts N copies of the command, each with RANK, WORLD_SIZE,
-LOCAL_RANK and the rendezvous address in its environment. Each copy trains a
-DistributedDataParallel replica on its own shard of every batch: `data.batch_size` is the
-global batch, split evenly over the processes, so the learning rate needs no scaling and the
-recipe is the same at any process count. Rank 0 alone shows progress and writes files.
-"""
+"""Data-parallel training: `mnistcnn train --nproc N` (or torchrun) starts N processes, each a
+DDP replica on its shard of every batch. `data.batch_size` is the global batch, split evenly, so
+the recipe (learning rate included) is the same at any process count. Rank 0 alone shows
+progress and writes files."""
 
 from __future__ import annotations
 
@@ -86,36 +81,21 @@ def local_device(device: torch.device, world: World) -> torch.device:
 
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device, timeout: float) -> Iterator[None]:
-    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block; no-op for one process.
-
-    `timeout` bounds every collective: if another process hangs or dies, this one stops with
-    an error after at most that many seconds instead of waiting forever.
-    """
+    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block; no-op for one process."""
+    # `timeout` bounds every collective: a hung or dead peer stops this one, never waits forever.
     if not world.distributed:
         yield
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    wait = timedelta(seconds=timeout)
+    env, wait = os.environ, timedelta(seconds=timeout)
     # The rendezvous store of MASTER_ADDR:MASTER_PORT: torchrun's agent serves it (and keeps it
     # across restarts), else rank 0 does. Each restart gets its own key space in it, or the
     # new processes would find the dead ones' addresses.
-    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(
-        os.environ.get("MASTER_ADDR", "localhost"),
-        int(os.environ.get("MASTER_PORT", "29500")),
-        world.size,
-        is_master=world.main and not agent,
-        timeout=wait,
-        multi_tenant=True,
-    )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(
-        backend,
-        store=dist.PrefixStore(f"mnistcnn/attempt{attempt}", store),
-        rank=world.rank,
-        world_size=world.size,
-        timeout=wait,
-    )
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    host, port = env.get("MASTER_ADDR", "localhost"), int(env.get("MASTER_PORT", "29500"))
+    store = dist.TCPStore(host, port, world.size, world.main and not agent, wait, multi_tenant=True)
+    store = dist.PrefixStore(f"mnistcnn/attempt{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    group = {"rank": world.rank, "world_size": world.size, "timeout": wait}
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, **group)
     try:
         yield
         # Leave together: a process that tears its connections down while another still works
@@ -141,6 +121,19 @@ def contact(world: World) -> Iterator[None]:
         ) from None
 
 
+@contextlib.contextmanager
+def info_from_main(world: World) -> Iterator[None]:
+    """Keep the package's info lines to rank 0 for the block: the others would repeat them."""
+    logger = logging.getLogger("mnistcnn")
+    level = logger.level
+    if not world.main:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
     """The module to train: DDP around `model` when there are several processes."""
     if not world.distributed:
@@ -149,10 +142,8 @@ def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def mean_over_ranks(
-    values: dict[str, float], world: World, weight: float = 1.0
-) -> dict[str, float]:
-    """The `weight`-weighted mean of each value over all processes (the value itself for one)."""
+def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -> dict[str, float]:
+    """The `weight`-weighted mean of each value over all processes."""
     if not world.distributed:
         return values
     packed = torch.tensor([*(v * weight for v in values.values()), weight], dtype=torch.float64)
@@ -188,13 +179,10 @@ def restarted() -> bool:
 
 
 def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0) -> int:
-    """Run `python -m mnistcnn ARGV` in `nproc` processes on this machine, as torchrun
-    --standalone would, and return an exit code: 0, or the first failed process's.
-
-    Each process gets an equal share of the CPU threads unless OMP_NUM_THREADS is set. If one
-    process fails, torchrun's agent stops the others (and, with `max_restarts`, starts them all
-    again; restarted, `train` resumes from the last finished epoch by itself).
-    """
+    """Run `python -m mnistcnn ARGV` in `nproc` local processes (torchrun --standalone); the
+    exit code: 0, or the first failed process's."""
+    # If one fails, torchrun's agent stops the others (and, with `max_restarts`, starts them all
+    # again: restarted, `train` resumes from the last finished epoch by itself).
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -203,16 +191,8 @@ def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0)
     for name, logger in logging.root.manager.loggerDict.items():  # the agent's own chatter
         if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
             logger.setLevel(logging.CRITICAL)
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=max_restarts,
-        monitor_interval=0.5,
-    )
+    rdzv = {"run_id": str(uuid.uuid4()), "rdzv_backend": "c10d", "rdzv_endpoint": "localhost:0"}
+    config = LaunchConfig(1, 1, nproc, max_restarts=max_restarts, monitor_interval=0.5, **rdzv)
     try:
         elastic_launch(config, sys.executable)("-m", "mnistcnn", *argv)
     except SignalException as exc:  # the agent was interrupted: it has stopped the processes

@@ -1,9 +1,5 @@
-"""Transfer learning: start a freshly built model from a saved model's weights, and freeze parts.
-
-`init_from` copies every tensor of a `.pth` (read with `weights_only=True`) into a model whose
-layers have the same names and shapes; otherwise it refuses and lists the layers that differ.
-`freeze` stops the gradients of the feature extractor so that only the classifier trains.
-"""
+"""Transfer learning: start a new model from a saved model's weights (`init_from`, which lists
+the layers that differ when they do not fit), and freeze the feature extractor (`freeze`)."""
 
 from __future__ import annotations
 
@@ -34,9 +30,7 @@ def _listing(kind: str, items: list[str]) -> str:
 
 
 def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
-    """What keeps `state`'s tensors from loading into `model`, one phrase per kind (or none),
-    naming layers: those whose tensors differ in shape (with the first such tensor's shapes),
-    those missing from the file and those the model does not have."""
+    """Why `state`'s tensors do not load into `model`: a phrase per kind of mismatch (or none)."""
     own = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
     theirs = {k: v for k, v in state.items() if torch.is_tensor(v)}
     shapes: dict[str, str] = {}
@@ -55,12 +49,8 @@ def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
 
 
 def init_from(model: DigitNet, path: str | Path) -> str:
-    """Load the weights (and BatchNorm statistics) of the model file at `path` into `model`.
-
-    The model keeps its own description (arguments, input normalization): only tensors are
-    copied, so the architecture options that add no weights (pool, activation) may differ.
-    Returns a line for the log.
-    """
+    """Copy the tensors (weights, BatchNorm statistics) of the model file at `path` into `model`;
+    a line for the log. Options without weights (pool, activation) may differ."""
     state = load_state(path)
     if "_extra_state" not in state:
         raise CheckpointError(f"--init-from needs a model .pth saved by mnistcnn: {path}")
@@ -78,12 +68,9 @@ def init_from(model: DigitNet, path: str | Path) -> str:
 
 
 def freeze(model: DigitNet, part: str) -> int:
-    """Stop training `part` ("none" or "features"); returns the number of frozen parameters.
-
-    Only the parameters freeze: BatchNorm layers still update their running statistics in
-    training mode, which adapts them to the new data's contrast (AdaBN, Li et al. 2016), the
-    cheapest useful change under a domain shift such as inverted digits.
-    """
+    """Stop training `part` ("none" or "features"); returns the number of frozen parameters."""
+    # BatchNorm statistics still update in training mode, adapting them to the new data's
+    # contrast (AdaBN, Li et al. 2016): the cheapest useful change under a domain shift.
     if part == "none":
         return 0
     if part != "features":

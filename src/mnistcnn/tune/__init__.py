@@ -440,7 +440,7 @@ def _objective(
             with ctrl_c.interruptible():
                 # No run folder (TensorBoard log, model copies) per trial: the study has one.
                 cfg = trial_config(tune, params, output, ["train.run_dir=null"])
-                result = fit(cfg, overwrite=True, progress=False, log=trial_log, on_epoch=report)
+                result = fit(cfg, overwrite=True, progress=False, on_epoch=report)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise

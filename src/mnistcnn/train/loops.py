@@ -1,0 +1,146 @@
+"""The loops: `train_one_epoch` over batches, `predict_logits`/`evaluate` over a split.
+
+Functions of their inputs (model, batches, optimizer, device) that return metric dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistcnn.config import AugmentConfig
+from mnistcnn.data import Split, augment_batch, eval_batches, to_float
+from mnistcnn.errors import TrainingError
+from mnistcnn.model import DigitNet, count_batchnorms, fuse, inference_batch
+from mnistcnn.train.build import autocast
+
+
+def _check_finite(losses: torch.Tensor, done: int, epoch: int) -> None:
+    """Stop at the first loss that is NaN or infinite; `done` batches came before `losses`."""
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise TrainingError(
+            f"loss became {losses[first].item()} at epoch {epoch}, batch {done + first + 1}; "
+            "training stopped. Try a smaller learning rate (optim.lr)"
+        )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+    scheduler: Any = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    log_every: int = 50,
+    progress: tqdm | None = None,
+    epoch: int = 1,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """One pass over `batches` of (uint8 images, labels); returns mean loss and accuracy."""
+    # Losses stay on the device and are checked (and shown) every `log_every` steps, so the
+    # loop does not sync each batch; `on_log(step, {loss, accuracy, lr, grad_norm})` then gets
+    # the window's means and that step's gradient norm. `scheduler` steps after every batch.
+    model.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    losses: list[torch.Tensor] = []
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = checked = 0
+    window = (0, 0)  # (correct, seen) at the last check, for the window's accuracy
+    grad_norm = torch.zeros(())
+
+    def check(upto: int, log: bool) -> None:
+        nonlocal window, checked
+        recent = torch.stack(losses[checked:upto])
+        _check_finite(recent, checked, epoch)
+        if progress is not None:
+            progress.set_postfix(
+                loss=f"{recent.mean().item():.4f}", acc=f"{correct.item() / seen:.4f}"
+            )
+            progress.update(upto - checked)
+        if log and on_log is not None:
+            right, lr = correct.item(), optimizer.param_groups[0]["lr"]
+            accuracy = (right - window[0]) / max(seen - window[1], 1)
+            stats = {"loss": recent.mean().item(), "accuracy": accuracy, "lr": lr}
+            on_log(upto, {**stats, "grad_norm": grad_norm.item()})
+            window = (right, seen)
+        checked = upto
+
+    for step, (images, labels) in enumerate(batches, 1):
+        images = to_float(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment_batch(images, augment, generator)
+        images = images.contiguous(memory_format=memory_format)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if on_log is not None and step % log_every == 0:
+            grad_norm = nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None]
+            )
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % log_every == 0:
+            check(step, log=True)
+    if len(losses) > checked:
+        check(len(losses), log=False)
+    return {"loss": torch.stack(losses).mean().item(), "accuracy": correct.item() / seen}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (N, 10) for a whole split in batches of `batch_size` (0: `inference_batch`)."""
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    # BatchNorms folded into the layers before them: same logits, less work.
+    if isinstance(model, DigitNet) and count_batchnorms(model):
+        model = fuse(model).to(memory_format=memory_format)
+    batch_size = batch_size or inference_batch(model, device)
+    outputs = []
+    for images, _ in eval_batches(split, batch_size):
+        images = to_float(images.to(device, non_blocking=True))
+        with autocast(device, amp):
+            outputs.append(model(images.contiguous(memory_format=memory_format)).float())
+    return torch.cat(outputs)
+
+
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int, device: torch.device, **kwargs: Any
+) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of `model` on `split`."""
+    return scores(predict_logits(model, split, batch_size, device, **kwargs), split.labels)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of `logits` against `labels`."""
+    labels = labels.to(logits.device)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
+    }
