@@ -13,7 +13,7 @@
    images), all layers or the classifier alone, against the same network trained from scratch
    with the same data and epochs; all are tested on the 10k inverted test digits, as is the
    pretrained model without fine-tuning.
-Both tables go to --out as markdown. Wall-clock figures depend on the machine's load.
+Both tables go to docs/benchmarks.md (and to --out). Wall-clock figures depend on the load.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> None:
         metavar="N",
         help="labelled inverted training images for the transfer demo",
     )
-    parser.add_argument("--out", default="architectures.md", help="markdown file to write")
+    parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     common = [f"data.root={args.data_dir}", "data.download=false", *args.set]
@@ -203,8 +203,12 @@ def main() -> None:
                 *transfer(args, Path(tmp), pretrained),
             ]
     lines += ["", f"Total wall time {time.perf_counter() - t0:.0f} s."]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
+    from page import command_line, write_section
+
+    write_section("Architectures and transfer", command_line(), "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -77,14 +77,21 @@ def main() -> None:
         )
         rows.append((name, result))
     first = rows[0][1]["rate"]
-    print(f"\nfast.yaml, {args.epochs} epochs, torch {torch.__version__}, {cores} CPU cores")
-    print("| setting | samples/s | vs 1 process | s/epoch | run wall s | test acc |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        f"fast.yaml, {args.epochs} epochs, torch {torch.__version__}, {cores} CPU cores",
+        "",
+        "| setting | samples/s | vs 1 process | s/epoch | run wall s | test acc |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
-        print(
+        lines.append(
             f"| {name} | {r['rate']:,.0f} | {r['rate'] / first:.2f}x | {r['epoch']:.1f} | "
             f"{r['wall']:.1f} | {100 * r['accuracy']:.2f} % |"
         )
+    print("\n" + "\n".join(lines))
+    from page import command_line, write_section
+
+    write_section("Distributed training", command_line(), "\n".join(lines))
 
 
 if __name__ == "__main__":

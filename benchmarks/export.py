@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mnistcnn.checkpoint import load_model
-from mnistcnn.data import default_cache_dir, load_mnist
+from mnistcnn.data import default_cache_dir, load_mnist, to_float
 from mnistcnn.export import export_model, fuse, logits_of, runner
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -95,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     test = load_mnist(args.data_dir, train=False, download=False, cache=default_cache_dir())
-    images = test.images.float().div(255).unsqueeze(1).numpy()
+    images = to_float(test.images).numpy()
     labels = test.labels.numpy()
     model = load_model(args.model)
     with tempfile.TemporaryDirectory(prefix="mnistcnn-bench-") as tmp:
@@ -149,28 +149,30 @@ def main() -> None:
         cold = cold_start(args.model, files["onnx"][2], png, args.cold)
 
     eager = rows[0]
-    print(
-        f"\n{len(images)} test images, batches of 1000; {args.threads} thread(s); "
-        f"eager in channels_last; torch {torch.__version__}\n"
-    )
-    print(
+    lines = [
+        f"{len(images)} test images, batches of 1000; {args.threads} thread(s); "
+        f"eager in channels_last; torch {torch.__version__}",
+        "",
         "| variant | size (kB) | test acc. (%) | images/s | speed-up "
-        "| latency, 1 image (ms) | speed-up |"
-    )
-    print("|---|--:|--:|--:|--:|--:|--:|")
+        "| latency, 1 image (ms) | speed-up |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
     for row in rows:
         size = f"{row['bytes'] / 1e3:.1f}" if row["bytes"] else "—"
-        print(
+        lines.append(
             f"| {row['name']} | {size} | {100 * row['accuracy']:.2f} | {row['rate']:,.0f} "
             f"| {row['rate'] / eager['rate']:.2f} | {1e3 * row['latency']:.3f} "
             f"| {eager['latency'] / row['latency']:.2f} |"
         )
-    print(f"\ncold start, median of {args.cold} (s):")
-    print("| command | seconds |")
-    print("|---|--:|")
+    lines += ["", f"cold start, median of {args.cold} (s):", ""]
+    lines += ["| command | seconds |", "|---|--:|"]
     for name, seconds in cold.items():
         label = name if name.startswith("python") else f"mnistcnn predict one.png -m model{name}"
-        print(f"| `{label}` | {seconds:.2f} |")
+        lines.append(f"| `{label}` | {seconds:.2f} |")
+    print("\n" + "\n".join(lines))
+    from page import command_line, write_section
+
+    write_section("Export", command_line(), "\n".join(lines))
 
 
 if __name__ == "__main__":

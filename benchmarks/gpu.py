@@ -131,11 +131,14 @@ def main() -> None:
             )
         )
 
-    print_table(
+    table = print_table(
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"CUDA {torch.version.cuda}, {torch.get_num_threads()} CPU threads",
         rows,
     )
+    from page import command_line, write_section
+
+    write_section("GPU", command_line(), table)
 
 
 if __name__ == "__main__":

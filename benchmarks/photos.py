@@ -216,13 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     test = load_mnist(args.data_dir, train=False, download=False)
     images, labels = test.images.numpy(), test.labels.numpy()
-    print(f"model {args.model}; {args.count} photos per condition, seed {args.seed}\n")
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    say(f"model {args.model}; {args.count} photos per condition, seed {args.seed}\n")
     extra = " (c) --tta |" if args.tta else ""
-    print(
+    say(
         "| condition | (a) resize-only | (b) textbook | (c) mnistcnn | 28x28 MNIST | ms/img (c) |"
         + extra
     )
-    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.tta else ""))
+    say("|---|---:|---:|---:|---:|---:|" + ("---:|" if args.tta else ""))
     totals: dict[str, list[float]] = {}
     for condition in args.conditions:
         r = evaluate_condition(
@@ -231,21 +237,20 @@ def main(argv: list[str] | None = None) -> int:
         tta = f" {100 * r['tta']:.1f} |" if args.tta else ""
         for key, value in r.items():
             totals.setdefault(key, []).append(value)
-        print(
+        say(
             f"| {condition} | {100 * r['resize-only']:.1f} | {100 * r['textbook']:.1f} | "
-            f"**{100 * r['mnistcnn']:.1f}** | {100 * r['28x28']:.1f} | {r['ms']:.1f} |{tta}",
-            flush=True,
+            f"**{100 * r['mnistcnn']:.1f}** | {100 * r['28x28']:.1f} | {r['ms']:.1f} |{tta}"
         )
     if totals:
         mean = {key: float(np.mean(values)) for key, values in totals.items()}
         tta = f" {100 * mean['tta']:.1f} |" if args.tta else ""
-        print(
+        say(
             f"| **all** | {100 * mean['resize-only']:.1f} | {100 * mean['textbook']:.1f} | "
             f"**{100 * mean['mnistcnn']:.1f}** | {100 * mean['28x28']:.1f} | {mean['ms']:.1f} |"
             + tta
         )
     if args.multi:
-        print()
+        say()
         for touch in (False, True):
             tta = (False, True) if args.tta else (False,)
             found = evaluate_multi(
@@ -253,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             for use_tta, r in found.items():
                 kind = "with two digits touching" if touch else "digits apart"
-                print(
-                    f"--multi{' --tta' if use_tta else ''}, {kind}: {100 * r['numbers']:.1f} % "
-                    f"of {args.multi} 4-digit numbers read entirely right "
-                    f"({100 * r['digits']:.1f} % of digits in place)",
-                    flush=True,
+                say(
+                    f"- `--multi{' --tta' if use_tta else ''}`, {kind}: "
+                    f"{100 * r['numbers']:.1f} % of {args.multi} 4-digit numbers read entirely "
+                    f"right ({100 * r['digits']:.1f} % of digits in place)"
                 )
+    from page import command_line, write_section
+
+    write_section("Photographed digits", command_line(), "\n".join(lines))
     return 0
 
 

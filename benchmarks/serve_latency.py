@@ -149,9 +149,11 @@ def main() -> None:
             print(f"{args.model} not found: timing the default cnn with untrained weights")
         proc, host, port, startup = start_server(model)
         try:
-            print(f"server: {model.name} on http://{host}:{port}/, ready in {startup:.1f} s")
+            lines = [f"server: {model.name} on http://{host}:{port}/, ready in {startup:.1f} s"]
             python = sys.version.split()[0]
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {python}")
+            threads = torch.get_num_threads()
+            lines.append(f"torch {torch.__version__}, {threads} threads, Python {python}")
+            print("\n".join(lines))
             canvas, ctype = multipart(canvas_png(), "canvas.png")
             photo, ptype = multipart(photo_jpeg(), "photo.jpg")
             warm = 5
@@ -159,14 +161,14 @@ def main() -> None:
             alone = (args.requests - warm) * 2 // 5
             photos = (args.requests - warm) // 5
             together = args.requests - warm - alone - photos
-            print(f"{args.requests} requests ({warm} warm-up):")
-            print(
+            lines.append(f"{args.requests} requests ({warm} warm-up):")
+            lines.append(
                 summary(
                     "canvas PNG 280x280, one at a time",
                     timed_requests(host, port, canvas, ctype, alone),
                 )
             )
-            print(
+            lines.append(
                 summary(
                     "photo JPEG 1200x1600, one at a time",
                     timed_requests(host, port, photo, ptype, photos),
@@ -179,10 +181,14 @@ def main() -> None:
                 parts = pool.map(lambda n: timed_requests(host, port, canvas, ctype, n), share)
                 times = [t for part in parts for t in part]
             wall = time.perf_counter() - t0
-            print(summary(f"canvas PNG, {clients} clients at once", times, wall))
+            lines.append(summary(f"canvas PNG, {clients} clients at once", times, wall))
+            print("\n".join(lines[2:]))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    from page import command_line, write_section
+
+    write_section("Serve latency", command_line(), "```text\n" + "\n".join(lines) + "\n```")
 
 
 if __name__ == "__main__":

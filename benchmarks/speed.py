@@ -173,12 +173,12 @@ def thread_throughput(data_dir: str, steps: int = 40) -> dict[int, float]:
     return rates
 
 
-def print_table(machine: str, rows: list[tuple[str, str, str]]) -> None:
-    """The run's machine, then its figures as a Markdown table."""
-    print(f"\nmachine: {machine}")
-    print("| measure | value | note |\n|---|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
+def print_table(machine: str, rows: list[tuple[str, str, str]]) -> str:
+    """Print the run's machine, then its figures as a Markdown table; return that text."""
+    lines = [f"machine: {machine}", "", "| measure | value | note |", "|---|---|---|"]
+    table = "\n".join([*lines, *(f"| {' | '.join(row)} |" for row in rows)])
+    print(f"\n{table}")
+    return table
 
 
 def main() -> None:
@@ -287,11 +287,14 @@ def main() -> None:
     )
 
     amp = autocast_dtype(torch.device("cpu"))
-    print_table(
+    table = print_table(
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"CPU autocast: {amp or 'off (no native bf16)'}",
         rows,
     )
+    from page import command_line, write_section
+
+    write_section("Speed", command_line(), table)
 
 
 if __name__ == "__main__":
