@@ -28,7 +28,8 @@ from mnistcnn.data import load_mnist
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import preprocess, segment
-from mnistcnn.predict.classify import classify, read_number
+from mnistcnn.predict.classify import classify
+from mnistcnn.predict.number import read_number
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photogen import CONDITIONS, ROW_CONDITIONS, Photo, photo_set

@@ -13,17 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistcnn.calibrate import (
-    calibration,
-    expected_calibration_error,
-    fit_temperature,
-    probabilities,
-    stored_temperatures,
-)
+from mnistcnn.calibrate import calibrate_logits, expected_calibration_error, fit_temperature, nll
 from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
+from mnistcnn.config import DataConfig
+from mnistcnn.data import split_train_val
 from mnistcnn.predict import tta
-from mnistcnn.predict.classify import classify, predict_paths
+from mnistcnn.predict.classify import classifier, classify
+from mnistcnn.predict.files import predict_paths
+from mnistcnn.temperature import probabilities, stored_temperatures
 
 
 def top_probs(confidence: list[float], predicted: list[int]) -> torch.Tensor:
@@ -74,7 +72,7 @@ def test_calibration_on_views_fits_both_temperatures() -> None:
     gen = torch.Generator().manual_seed(2)
     logits = 2 * torch.randn(3, 5000, 10, generator=gen)
     labels = torch.multinomial(torch.softmax(logits[0], 1), 1, generator=gen).squeeze(1)
-    cal = calibration(logits[0], labels, logits[:, :1000], labels[:1000])
+    cal = calibrate_logits(logits[0], labels, logits[:, :1000], labels[:1000])
     assert cal["temperature"] == pytest.approx(1.0, rel=0.1)
     assert cal["tta_temperature"] > 0 and cal["val_ece_calibrated"] <= cal["val_ece"] + 0.01
     assert stored_temperatures(cal) == {k: cal[k] for k in ("temperature", "tta_temperature")}
@@ -89,15 +87,30 @@ def test_fit_stores_temperatures_that_lower_validation_ece(digit_model_run: dict
     assert meta["val_ece_calibrated"] < 0.03
 
 
+def test_fit_temperature_on_real_validation_logits(digit_model: Any, mnist_train: Any) -> None:
+    # The fixture model's validation split (val_size 1000): the T fit() stored, found again.
+    val = split_train_val(mnist_train, DataConfig(val_size=1000))[1]
+    logits = tta.images_view_logits(digit_model, val.images, 0, views=1)[0]
+    fitted = fit_temperature(logits, val.labels)
+    assert fitted == pytest.approx(digit_model.meta["temperature"], rel=1e-4)
+    assert nll(logits, val.labels, fitted) < nll(logits, val.labels)
+
+
 def test_tta_views_shape_identity_and_probabilities(digit_model: Any, mnist_test: Any) -> None:
-    images = mnist_test.images[:1000].float().div(255).unsqueeze(1)
+    images = mnist_test.images[:100].float().div(255).unsqueeze(1)
     moved = tta.views(images[:4])
     assert moved.shape == (len(tta.VIEWS) * 4, 1, 28, 28)
     assert torch.allclose(moved[:4], images[:4], atol=1e-6)  # view 0 is the input itself
     assert not torch.allclose(moved[4:8], images[:4])
     probs = classify(digit_model, images.squeeze(1).numpy(), use_tta=True)
-    assert probs.shape == (1000, 10)
-    assert torch.allclose(probs.sum(1), torch.ones(1000), atol=1e-5)
+    assert probs.shape == (100, 10)
+    assert torch.allclose(probs.sum(1), torch.ones(100), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_tta_is_about_as_accurate_as_the_plain_input(digit_model: Any, mnist_test: Any) -> None:
+    images = mnist_test.images[:1000].float().div(255).unsqueeze(1)
+    probs = classify(digit_model, images.squeeze(1).numpy(), use_tta=True)
     labels = mnist_test.labels[:1000]
     plain = classify(digit_model, images.squeeze(1).numpy()).argmax(1)
     with_tta = (probs.argmax(1) == labels).float().mean().item()
@@ -205,7 +218,7 @@ def test_blank_paper_and_pure_noise_say_no_digit(digit_model: Any, tmp_path: Pat
     for sigma in (10, 40, 80):
         noise = np.clip(128 + rng.normal(0, sigma, (300, 300)), 0, 255).astype(np.uint8)
         Image.fromarray(noise).save(tmp_path / f"noise{sigma}.png")
-    results = list(predict_paths(digit_model, [tmp_path], use_tta=True))
+    results = list(predict_paths(classifier(digit_model, use_tta=True), [tmp_path]))
     assert len(results) == 4
     for r in results:
         assert r.label is None and r.error is not None and "no digit found" in r.error

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mnistcnn.cli import main
 from mnistcnn.predict import files as answers
-from mnistcnn.predict.classify import predict_paths
+from mnistcnn.predict.classify import classifier
 
 N_MANY = 2_500
 
@@ -39,8 +39,8 @@ def _png_claiming(path: Path, width: int, height: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + body + end)
 
 
-def _one(model: Any, path: Path) -> answers.Prediction:
-    return next(predict_paths(model, [path]))
+def _one(model: Any, path: Path) -> answers.Answer:
+    return next(answers.predict_paths(classifier(model), [path]))
 
 
 @pytest.fixture
@@ -112,15 +112,15 @@ def test_blank_images_say_no_digit(digit_model: Any, tmp_path: Path, value: int)
 def test_a_folder_streams_in_chunks(
     digit_model: Any, digits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for i in range(40):
+    for i in range(20):  # two chunks of 8 and one of 4
         _paper(digits[i % 10], 56).save(tmp_path / f"{i:03d}.png")
     calls = []
     real = answers.preprocess
     monkeypatch.setattr(answers, "preprocess", lambda p, **kw: calls.append(p) or real(p, **kw))
-    results = predict_paths(digit_model, [tmp_path], chunk=8)
+    results = answers.predict_paths(classifier(digit_model), [tmp_path], chunk=8)
     first = next(results)
     assert first.path.endswith("000.png") and len(calls) == 8  # only one chunk read so far
-    assert len([first, *results]) == 40 and len(calls) == 40
+    assert len([first, *results]) == 20 and len(calls) == 20
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import segment
-from mnistcnn.predict.classify import _read, classify, predict_numbers, read_number
+from mnistcnn.predict.classify import classify
+from mnistcnn.predict.number import _read, predict_numbers, read_number
 
 pytestmark = pytest.mark.slow  # uses the session's trained digit model
 

@@ -23,7 +23,7 @@ from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import Preprocessed, Row, _remove_lines, preprocess_image, segment
-from mnistcnn.predict.classify import (
+from mnistcnn.predict.number import (
     ENERGY_WEIGHT,
     WIDE_COST,
     _scores,

@@ -1,4 +1,4 @@
-"""Prediction on image files: MNIST test digits re-drawn as photos of paper, and bad files."""
+"""Answer on image files: MNIST test digits re-drawn as photos of paper, and bad files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from PIL import Image
 
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import open_image, preprocess
-from mnistcnn.predict.classify import Prediction, classify, expand_inputs, predict_paths
+from mnistcnn.predict.classify import classifier, classify
+from mnistcnn.predict.files import Answer, expand_inputs, predict_paths
 
 pytestmark = pytest.mark.slow  # every test here uses the session's trained digit model
 
@@ -46,13 +47,13 @@ def mixed(tmp_path: Path, draw: Callable[..., None], seven: np.ndarray) -> dict[
 
 
 @pytest.fixture(scope="module")
-def redrawn(digit_model: DigitNet, digit_images: dict[Path, int]) -> list[Prediction]:
+def redrawn(digit_model: DigitNet, digit_images: dict[Path, int]) -> list[Answer]:
     """The predictions for all 200 re-drawn digits, made once."""
-    return list(predict_paths(digit_model, list(digit_images)))
+    return list(predict_paths(classifier(digit_model), list(digit_images)))
 
 
 def test_redrawn_test_digits_are_recognised(
-    redrawn: list[Prediction], digit_images: dict[Path, int]
+    redrawn: list[Answer], digit_images: dict[Path, int]
 ) -> None:
     assert [p.path for p in redrawn] == [str(p) for p in digit_images]
     assert not [p.error for p in redrawn if p.error]
@@ -63,7 +64,7 @@ def test_redrawn_test_digits_are_recognised(
 
 @pytest.mark.parametrize("style", STYLES)
 def test_every_image_style_is_recognised(
-    redrawn: list[Prediction], digit_images: dict[Path, int], style: str
+    redrawn: list[Answer], digit_images: dict[Path, int], style: str
 ) -> None:
     # The 200 images cycle through the styles: each style must do well on its own 50.
     mine = [p for i, p in enumerate(redrawn) if STYLES[i % len(STYLES)] == style]
@@ -96,16 +97,16 @@ def test_open_image_reads_each_style(digit_images: dict[Path, int]) -> None:
 
 def test_top_k(digit_model: DigitNet, digit_images: dict[Path, int]) -> None:
     paths = list(digit_images)[:10]
-    for p in predict_paths(digit_model, paths, top_k=3):
+    for p in predict_paths(classifier(digit_model), paths, top_k=3):
         assert len(p.top) == 3
         assert p.top[0] == (p.label, p.probability)
         probs = [prob for _, prob in p.top]
         assert probs == sorted(probs, reverse=True)
         assert 0 < sum(probs) <= 1 + 1e-6
         assert len({label for label, _ in p.top}) == 3
-    (one,) = predict_paths(digit_model, paths[:1])
+    (one,) = predict_paths(classifier(digit_model), paths[:1])
     assert len(one.top) == 1
-    (all_ten,) = predict_paths(digit_model, paths[:1], top_k=50)
+    (all_ten,) = predict_paths(classifier(digit_model), paths[:1], top_k=50)
     assert len(all_ten.top) == 10
     assert sum(prob for _, prob in all_ten.top) == pytest.approx(1, abs=1e-5)
 
@@ -114,8 +115,8 @@ def test_chunks_do_not_change_the_answers(
     digit_model: DigitNet, digit_images: dict[Path, int], mixed: dict[str, Path]
 ) -> None:
     paths = [*list(digit_images)[:5], *mixed.values(), *list(digit_images)[5:9]]
-    whole = list(predict_paths(digit_model, paths))
-    chunked = list(predict_paths(digit_model, paths, chunk=3))
+    whole = list(predict_paths(classifier(digit_model), paths))
+    chunked = list(predict_paths(classifier(digit_model), paths, chunk=3))
     assert [p.path for p in chunked] == [str(p) for p in paths]
     assert [(p.label, p.error) for p in whole] == [(p.label, p.error) for p in chunked]
     for a, b in zip(whole, chunked, strict=True):
@@ -143,8 +144,11 @@ def test_classify_accepts_float64_images(digit_model: DigitNet, mnist_test: Any)
 def test_bad_files_become_error_entries_and_the_rest_go_on(
     digit_model: DigitNet, mixed: dict[str, Path]
 ) -> None:
-    results: dict[str, Prediction] = {
-        name: p for name, p in zip(mixed, predict_paths(digit_model, mixed.values()), strict=True)
+    results: dict[str, Answer] = {
+        name: p
+        for name, p in zip(
+            mixed, predict_paths(classifier(digit_model), mixed.values()), strict=True
+        )
     }
     assert [p.path for p in results.values()] == [str(p) for p in mixed.values()]
     for name in ("good", "good2"):
@@ -164,21 +168,21 @@ def test_blank_images_of_any_colour_hold_no_digit(
 ) -> None:
     path = tmp_path / "plain.png"
     Image.new("RGB", (80, 60), colour).save(path)
-    (p,) = predict_paths(digit_model, [path])
+    (p,) = predict_paths(classifier(digit_model), [path])
     assert p.label is None and "no digit" in p.error
 
 
 def test_transparent_image_with_nothing_on_it(digit_model: DigitNet, tmp_path: Path) -> None:
     path = tmp_path / "clear.png"
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(path)
-    (p,) = predict_paths(digit_model, [path])
+    (p,) = predict_paths(classifier(digit_model), [path])
     assert p.label is None and "no digit" in p.error
 
 
 def test_truncated_png(digit_model: DigitNet, mixed: dict[str, Path]) -> None:
     data = mixed["good"].read_bytes()
     mixed["good"].write_bytes(data[: len(data) // 2])
-    (p,) = predict_paths(digit_model, [mixed["good"]])
+    (p,) = predict_paths(classifier(digit_model), [mixed["good"]])
     assert p.label is None and p.error
 
 
@@ -196,7 +200,7 @@ def test_directory_input_is_expanded_to_its_images_sorted(
     (folder / "readme.txt").write_text("not an image")
     (folder / "sub").mkdir()
     assert [p.name for p in expand_inputs([folder])] == ["a.JPG", "b.png", "c.jpeg"]
-    predictions = list(predict_paths(digit_model, [folder]))
+    predictions = list(predict_paths(classifier(digit_model), [folder]))
     assert [Path(p.path).name for p in predictions] == ["a.JPG", "b.png", "c.jpeg"]
     assert [p.label for p in predictions] == [7, 7, 7]
 
@@ -206,7 +210,7 @@ def test_save_preprocessed_writes_28x28_pngs(
 ) -> None:
     out = tmp_path / "views"
     paths = [*list(digit_images)[:3], mixed["blank"]]
-    list(predict_paths(digit_model, paths, save_dir=out))
+    list(predict_paths(classifier(digit_model), paths, save_dir=out))
     written = sorted(p for p in out.iterdir() if not p.name.endswith(".steps.png"))
     assert [p.name for p in written] == sorted(f"{p.stem}.png" for p in paths[:3])
     for view, source in zip(written, sorted(paths[:3]), strict=True):
@@ -228,6 +232,6 @@ def test_save_preprocessed_keeps_files_with_the_same_stem_apart(
     draw(seven, png, canvas=100, height=70, at=(10, 20), style="RGB")
     draw(seven, jpg, canvas=100, height=70, at=(10, 20), style="JPEG")
     out = tmp_path / "views"
-    list(predict_paths(digit_model, [png, jpg], save_dir=out))
+    list(predict_paths(classifier(digit_model), [png, jpg], save_dir=out))
     views = [p for p in out.iterdir() if not p.name.endswith(".steps.png")]
     assert len(views) == 2

@@ -1,14 +1,11 @@
-"""Honest confidence: temperature scaling fitted on validation logits, and calibration error.
+"""Fitting honest confidence: temperature scaling on validation logits, and calibration error.
 
-A network's softmax is rarely calibrated: trained with label smoothing, ours claims less than it
-knows (test ECE 12-18 %). Dividing the logits by one scalar T, fitted on held-out data, fixes
-most of that without changing any prediction (Guo et al., 2017). Data loading (torchvision) is
-imported only to calibrate an old model file, so `predict` and `serve` stay light.
-"""
+A softmax trained with label smoothing claims less than it knows; dividing the logits by one
+scalar T fitted on held-out data fixes most of that without changing any prediction (Guo et al.,
+2017). Using a stored T is `temperature`'s job."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +16,7 @@ import yaml
 from torch import nn
 
 from mnistcnn.predict import tta
+from mnistcnn.temperature import calibrated_probs, stored_temperatures
 
 if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
     from mnistcnn.data import Split
@@ -27,8 +25,6 @@ if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
 ECE_BINS = 15
 # log T is searched in [1/20, 20]: a network off by more than that is broken, not miscalibrated.
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
-# Golden-section steps: each keeps 0.618 of the interval, 80 narrow 6 (log-units) to 1e-16.
-SEARCH_STEPS = 80
 # Validation images whose TTA views fit `tta_temperature`: enough for one scalar.
 TTA_IMAGES = 1000
 
@@ -36,10 +32,7 @@ TTA_IMAGES = 1000
 def expected_calibration_error(
     probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS
 ) -> float:
-    """Sum over confidence bins B of |B|/n * |accuracy(B) - mean confidence(B)|.
-
-    The bins are equal-width, (i/bins, (i+1)/bins]; the confidence is the top probability.
-    """
+    """Sum over equal-width confidence bins (i/bins, (i+1)/bins] of |B|/n * |accuracy - conf|."""
     probs, labels = probs.double().cpu(), labels.cpu()
     confidence, predicted = probs.max(1)
     correct = (predicted == labels).double()
@@ -55,39 +48,24 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T > 0 that minimizes the NLL of `logits / T` (deterministic golden-section search).
+    """The T > 0 that minimizes the NLL of `logits / T`."""
+    from scipy.optimize import minimize_scalar  # slow to import: only fitting needs it
 
-    The NLL is convex in 1/T, hence unimodal in log T, so a bracketing search finds the optimum.
-    """
+    # The NLL is convex in 1/T, hence unimodal in log T: a bounded search finds the optimum.
     logits, labels = logits.double().cpu(), labels.cpu()
-
-    def loss(log_t: float) -> float:
-        return F.cross_entropy(logits / math.exp(log_t), labels).item()
-
-    lo, hi = LOG_T_RANGE
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    for _ in range(SEARCH_STEPS):
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = loss(b)
-    return math.exp((lo + hi) / 2)
+    found = minimize_scalar(
+        lambda log_t: nll(logits, labels, math.exp(log_t)),
+        bounds=LOG_T_RANGE,
+        method="bounded",
+        options={"xatol": 1e-9},
+    )
+    return math.exp(found.x)
 
 
-def calibration(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    view_logits: torch.Tensor,
-    view_labels: torch.Tensor,
+def calibrate_logits(
+    logits: torch.Tensor, labels: torch.Tensor, view_logits: torch.Tensor, view_labels: torch.Tensor
 ) -> dict[str, float]:
-    """Fit T on validation logits (N, 10), and a second T for the averaged logits (V, M, 10) of
-    the TTA views of M validation images; with the validation ECE before and after, for `meta`."""
+    """T of validation logits (N, 10), T of the averaged TTA views' (V, M, 10), ECE before/after."""
     temperature = fit_temperature(logits, labels)
     return {
         "temperature": temperature,
@@ -102,36 +80,12 @@ def calibration(
 def calibrate_model(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> dict[str, float]:
-    """`calibration` of `model` on validation images (N, 28, 28) uint8; TTA's temperature on the
-    first TTA_IMAGES of them (every view of all would cost a short training run a third more)."""
+    """`calibrate_logits` of `model` on validation images (N, 28, 28) uint8."""
+    # TTA's T on the first TTA_IMAGES: every view of all would cost a short run a third more.
     plain = tta.images_view_logits(model, images, batch_size, views=1)[0]
     few = slice(0, TTA_IMAGES)
     views = tta.images_view_logits(model, images[few], batch_size)
-    return calibration(plain, labels, views, labels[few])
-
-
-def stored_temperatures(meta: dict[str, Any]) -> dict[str, float] | None:
-    """The temperatures a model file carries, or None (trained before calibration existed)."""
-    values = {key: meta.get(key) for key in ("temperature", "tta_temperature")}
-    if all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values.values()):
-        return {key: float(v) for key, v in values.items()}  # type: ignore[arg-type]
-    return None
-
-
-def calibrated_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / T)."""
-    return F.softmax(logits / temperature, dim=-1)
-
-
-def probabilities(view_logits: torch.Tensor, meta: dict[str, Any], use_tta: bool) -> torch.Tensor:
-    """Calibrated probabilities (N, 10): the plain view's, or with TTA the averaged logits'.
-
-    A model without stored temperatures gets T = 1 (its raw softmax, uncalibrated).
-    """
-    temps = stored_temperatures(meta) or {"temperature": 1.0, "tta_temperature": 1.0}
-    if use_tta:
-        return calibrated_probs(view_logits.float().mean(0), temps["tta_temperature"])
-    return calibrated_probs(view_logits[0].float(), temps["temperature"])
+    return calibrate_logits(plain, labels, views, labels[few])
 
 
 def fit_on_validation(
@@ -142,22 +96,19 @@ def fit_on_validation(
     download: bool,
     batch_size: int,
 ) -> tuple[dict[str, float], str]:
-    """`calibration` of a saved model on the validation split rebuilt now; which split it was.
-
-    The split comes from `data.val_size` / `data.split_seed` in the `.yaml` written beside the
-    model, else from the defaults: a model trained on another split would have T fitted on
-    some of its own training images (too confident), which the description says.
-    """
+    """`calibrate_model` on the validation split rebuilt now, and which split it was."""
+    # The split as the `.yaml` written beside the model says, else the defaults: a model trained
+    # on another split gets T fitted on some of its own training images, which the text says.
     from mnistcnn.config import DataConfig
     from mnistcnn.data import default_cache_dir, load_mnist, split_train_val
 
     sidecar = Path(model_path).with_suffix(".yaml")
-    data: dict[str, Any] = {}
-    if sidecar.is_file():
-        with contextlib.suppress(yaml.YAMLError, OSError):
-            loaded = yaml.safe_load(sidecar.read_text())
-            if isinstance(loaded, dict) and isinstance(loaded.get("data"), dict):
-                data = loaded["data"]
+    try:
+        loaded = yaml.safe_load(sidecar.read_text()) if sidecar.is_file() else None
+    except (yaml.YAMLError, OSError):
+        loaded = None
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    data = data if isinstance(data, dict) else {}
     defaults = DataConfig()
     split = DataConfig(
         val_size=int(data.get("val_size", defaults.val_size)),
@@ -171,48 +122,6 @@ def fit_on_validation(
     )
 
 
-def model_temperatures(
-    model: nn.Module, model_path: str | Path, data_dir: str | Path, **kwargs: Any
-) -> tuple[dict[str, float], str]:
-    """The model's stored temperatures, or (older files) ones fitted now as `fit_on_validation`
-    does; and where they come from."""
-    stored = stored_temperatures(getattr(model, "meta", {}))
-    if stored is not None:
-        return stored, "stored in the model, fitted on its validation split"
-    fitted, split = fit_on_validation(model, model_path, data_dir, **kwargs)
-    return {k: fitted[k] for k in ("temperature", "tta_temperature")}, (
-        f"not stored in the model: fitted now on {split}; `mnistcnn calibrate` stores it"
-    )
-
-
-def calibration_report(
-    view_logits: torch.Tensor, labels: torch.Tensor, temps: dict[str, float], source: str
-) -> dict[str, Any]:
-    """ECE (15 bins) and NLL before and after temperature scaling of test logits (V, N, 10);
-    with more than one view also accuracy and calibrated ECE with TTA."""
-    logits, labels = view_logits[0].double(), labels.cpu()
-    report: dict[str, Any] = {
-        **temps,
-        "temperature_source": source,
-        "bins": ECE_BINS,
-        "ece": expected_calibration_error(calibrated_probs(logits, 1.0), labels),
-        "ece_calibrated": expected_calibration_error(
-            calibrated_probs(logits, temps["temperature"]), labels
-        ),
-        "nll": nll(logits, labels),
-        "nll_calibrated": nll(logits, labels, temps["temperature"]),
-    }
-    if len(view_logits) > 1:
-        probs = calibrated_probs(view_logits.double().mean(0), temps["tta_temperature"])
-        report["tta"] = {
-            "views": len(view_logits),
-            "accuracy": (probs.argmax(1) == labels).double().mean().item(),
-            "accuracy_without": (logits.argmax(1) == labels).double().mean().item(),
-            "ece_calibrated": expected_calibration_error(probs, labels),
-        }
-    return report
-
-
 def evaluate_calibration(
     model: nn.Module,
     model_path: str | Path,
@@ -224,34 +133,55 @@ def evaluate_calibration(
     batch_size: int,
     use_tta: bool = False,
 ) -> dict[str, Any]:
-    """`calibration_report` of a saved model on the test split (a `data.Split`) and its logits;
-    with `use_tta` the test views' logits are computed too."""
-    temps, source = model_temperatures(
-        model, model_path, data_dir, download=download, batch_size=batch_size
-    )
-    views = logits[None]  # (1, N, 10): the plain input only
+    """ECE and NLL of test `logits` before and after temperature scaling; with `use_tta` accuracy
+    and ECE of the views' averaged logits. A model without temperatures gets them fitted now."""
+    temps = stored_temperatures(getattr(model, "meta", {}))
+    source = "stored in the model, fitted on its validation split"
+    if temps is None:
+        fitted, split = fit_on_validation(
+            model, model_path, data_dir, download=download, batch_size=batch_size
+        )
+        temps = {k: fitted[k] for k in ("temperature", "tta_temperature")}
+        source = f"not stored in the model: fitted now on {split}; `mnistcnn calibrate` stores it"
+    # (V, N, 10): with TTA every view of the test images, else the plain input only.
+    views = tta.images_view_logits(model, test.images, batch_size) if use_tta else logits[None]
+    logits, labels, t = views[0].double(), test.labels.cpu(), temps["temperature"]
+    report: dict[str, Any] = {
+        **temps,
+        "temperature_source": source,
+        "bins": ECE_BINS,
+        "ece": expected_calibration_error(calibrated_probs(logits, 1.0), labels),
+        "ece_calibrated": expected_calibration_error(calibrated_probs(logits, t), labels),
+        "nll": nll(logits, labels),
+        "nll_calibrated": nll(logits, labels, t),
+    }
     if use_tta:
-        views = tta.images_view_logits(model, test.images, batch_size)
-    return calibration_report(views, test.labels, temps, source)
+        probs = calibrated_probs(views.double().mean(0), temps["tta_temperature"])
+        report["tta"] = {
+            "views": len(views),
+            "accuracy": (probs.argmax(1) == labels).double().mean().item(),
+            "accuracy_without": (logits.argmax(1) == labels).double().mean().item(),
+            "ece_calibrated": expected_calibration_error(probs, labels),
+        }
+    return report
 
 
 def format_calibration(cal: dict[str, Any]) -> list[str]:
     """The calibration report as text lines."""
+    pct = {k: f"{100 * v:.2f} %" for k, v in cal.items() if "ece" in k}
     lines = [
         f"calibration ({cal['bins']}-bin expected calibration error, ECE)",
         f"  temperature: {cal['temperature']:.4f} ({cal['temperature_source']})",
-        f"  ECE: {100 * cal['ece']:.2f} % before, {100 * cal['ece_calibrated']:.2f} % after "
-        "temperature scaling",
+        f"  ECE: {pct['ece']} before, {pct['ece_calibrated']} after temperature scaling",
         f"  NLL: {cal['nll']:.4f} before, {cal['nll_calibrated']:.4f} after",
     ]
     if "tta" in cal:
-        t = cal["tta"]
+        t = {k: f"{100 * v:.2f} %" for k, v in cal["tta"].items() if k != "views"}
         lines += [
-            f"test-time augmentation ({t['views']} views, logits averaged, "
+            f"test-time augmentation ({cal['tta']['views']} views, logits averaged, "
             f"temperature {cal['tta_temperature']:.4f})",
-            f"  accuracy: {100 * t['accuracy']:.2f} % with, {100 * t['accuracy_without']:.2f} % "
-            "without",
-            f"  ECE: {100 * t['ece_calibrated']:.2f} % with, {100 * cal['ece_calibrated']:.2f} % "
-            "without (both after temperature scaling)",
+            f"  accuracy: {t['accuracy']} with, {t['accuracy_without']} without",
+            f"  ECE: {t['ece_calibrated']} with, {pct['ece_calibrated']} without (both after "
+            "temperature scaling)",
         ]
     return lines

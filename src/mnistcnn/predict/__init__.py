@@ -1,1 +1,2 @@
-"""Image files in, digits out: torch models (classify), ONNX models (onnx), the file loop."""
+"""Image files in, digits out: the file loop (files), torch models (classify, number, tta,
+explain) and ONNX models (onnx). Import-free: the ONNX path never imports torch."""

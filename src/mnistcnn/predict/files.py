@@ -1,10 +1,6 @@
-"""Image files in -> `Prediction`s out, for any classifier of 28x28 digits; torch-free.
-
-`predict` (a torch model) and `onnx_predict` (onnxruntime, no torch) share this loop: inputs
-expanded (folders to their images) and streamed in chunks so memory stays bounded, each file
-preprocessed, unreadable ones turned into error entries while the rest go on, the answers'
-top k with a low-confidence flag, and optionally what the model saw written to a folder.
-"""
+"""Image files in -> `Answer`s out, for any classifier of 28x28 digits (torch or ONNX); torch-free.
+Folders are expanded to their images and streamed in chunks so memory stays bounded; a file that
+cannot be read becomes an error entry while the rest go on; what the model saw can be saved."""
 
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ from mnistcnn.errors import ImageError
 from mnistcnn.photo import Steps, preprocess, steps_panel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+DIGITS = tuple(range(10))
 
 # Below this calibrated probability an answer is flagged: the model is then more likely wrong
 # than right, and a person should look (a calibrated 0.5 is right about half the time).
@@ -30,7 +27,7 @@ Classifier = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Answer:
     """One file's answer: the label and its probability, the top k, or the error."""
 
     path: str
@@ -50,9 +47,18 @@ def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
+def unique_name(path: Path, taken: set[str]) -> str:
+    """`path`'s stem, or for a second `digit` input `digit.jpg`, then `digit.jpg-2`...; taken."""
+    name, copy = path.stem, 1
+    while name in taken:
+        copy += 1
+        name = path.name if copy == 2 else f"{path.name}-{copy - 1}"
+    taken.add(name)
+    return name
+
+
 class Views:
-    """Writes what the model saw: `<stem>.png` (the 28x28 input; several side by side for a
-    number) and `<stem>.steps.png` (every preprocessing step), one name per input file."""
+    """Writes what the model saw as `NAME.png` (the 28x28 inputs) and `NAME.steps.png`."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
@@ -60,42 +66,35 @@ class Views:
 
     def save(self, path: Path, images: list[np.ndarray], steps: Steps | None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # digit.png and digit.jpg are two inputs: the second keeps its suffix in the name.
-        name, copy = path.stem, 1
-        while name in self.taken:
-            copy += 1
-            name = path.name if copy == 2 else f"{path.name}-{copy - 1}"
-        self.taken.add(name)
+        name = unique_name(path, self.taken)
         strip = np.concatenate(images, axis=1)
-        view = Image.fromarray((strip * 255).round().astype(np.uint8))
-        view.save(self.out_dir / f"{name}.png")
+        Image.fromarray((strip * 255).round().astype(np.uint8)).save(self.out_dir / f"{name}.png")
         if steps is not None:
             steps_panel(steps).save(self.out_dir / f"{name}.steps.png")
 
 
-def predict_files(
+def predict_paths(
     classify: Classifier,
     paths: Iterable[str | Path],
     *,
-    labels: Sequence[int] = tuple(range(10)),
+    labels: Sequence[int] = DIGITS,
     top_k: int = 1,
     chunk: int = 256,
     save_dir: str | Path | None = None,
     min_confidence: float = MIN_CONFIDENCE,
-) -> Iterator[Prediction]:
-    """Predict every image, `chunk` files at a time, in input order; answers whose calibrated
-    probability is under `min_confidence` are flagged `low_confidence`. Column i of what
-    `classify` returns is the probability of `labels[i]`."""
+) -> Iterator[Answer]:
+    """Answer every image, `chunk` files at a time, in input order, flagging any under
+    `min_confidence`; column i of what `classify` returns is the probability of `labels[i]`."""
     files = expand_inputs(paths)
     views = Views(save_dir) if save_dir is not None else None
     while batch := list(islice(files, chunk)):
         ready: list[tuple[Path, np.ndarray]] = []
-        results: dict[Path, Prediction] = {}
+        results: dict[Path, Answer] = {}
         for path in batch:
             try:
                 found = preprocess(path, steps=views is not None)
             except ImageError as exc:
-                results[path] = Prediction(str(path), error=str(exc))
+                results[path] = Answer(str(path), error=str(exc))
                 continue
             ready.append((path, found.image))
             if views is not None:
@@ -106,5 +105,5 @@ def predict_files(
             for (path, _), row, best in zip(ready, probs, order, strict=True):
                 top = [(int(labels[i]), float(row[i])) for i in best]
                 low = top[0][1] < min_confidence
-                results[path] = Prediction(str(path), top[0][0], top[0][1], top, low_confidence=low)
+                results[path] = Answer(str(path), top[0][0], top[0][1], top, low_confidence=low)
         yield from (results[path] for path in batch)

@@ -1,15 +1,14 @@
-"""Image files in -> digits out through an exported `.onnx` model and onnxruntime, without torch.
+"""An exported `.onnx` model run by onnxruntime, without torch (importing torch costs seconds).
 
-Importing torch costs seconds at start-up; this path imports only numpy, PIL (through
-`preprocess`) and onnxruntime. The file carries everything else: the graph normalizes [0, 1]
-pixels itself and its metadata names the input, the output and the labels (see `export`).
+The file carries everything: the graph normalizes [0, 1] pixels itself and its metadata names
+the input, the output and the labels (see `export`); `files.predict_paths(model.probabilities,
+paths, labels=model.labels)` answers image files with it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from mnistcnn.errors import CheckpointError, MnistCnnError
-from mnistcnn.predict.files import MIN_CONFIDENCE, Prediction, predict_files
 
 
 @dataclass(frozen=True)
@@ -28,9 +26,7 @@ class OnnxModel:
     input_name: str
     output_name: str
     labels: tuple[int, ...]
-    metadata: dict[str, str]
-    # The exported model's temperature (`calibrate`), None for one trained before it existed.
-    temperature: float | None = None
+    temperature: float | None  # None: exported from a model trained before `calibrate`
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
@@ -41,7 +37,7 @@ class OnnxModel:
         return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
+def load_onnx(path: str | Path) -> OnnxModel:
     """Open an `.onnx` file written by `mnistcnn export` for CPU inference."""
     path = Path(path)
     if not path.is_file():
@@ -54,8 +50,6 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
         ) from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no notices on stderr in a CLI
-    if threads:
-        options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unexported exception types
@@ -65,38 +59,10 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     if "labels" not in meta or "input" not in meta or "output" not in meta:
         raise CheckpointError(f"not an mnistcnn export (no labels/input/output metadata): {path}")
     labels = tuple(map(int, json.loads(meta["labels"])))
-    return OnnxModel(session, meta["input"], meta["output"], labels, meta, _temperature(meta))
-
-
-def _temperature(meta: dict[str, str]) -> float | None:
-    """The temperature in the export's training metadata (the model's meta), if valid."""
+    # The temperature is in the export's training metadata (the model's meta), if valid.
     try:
-        value = json.loads(meta.get("training", "{}")).get("temperature")
+        t = json.loads(meta.get("training", "{}")).get("temperature")
     except (ValueError, AttributeError):
-        return None
-    ok = isinstance(value, int | float) and math.isfinite(value) and value > 0
-    return float(value) if ok else None
-
-
-def predict_paths(
-    model: OnnxModel,
-    paths: Iterable[str | Path],
-    *,
-    top_k: int = 1,
-    chunk: int = 256,
-    save_dir: str | Path | None = None,
-    min_confidence: float = MIN_CONFIDENCE,
-    use_tta: bool = False,
-) -> Iterator[Prediction]:
-    """Predict every image, `chunk` files at a time, in input order (see `answers`)."""
-    if use_tta:
-        raise MnistCnnError("--tta needs a .pth model (its views are made with torch)")
-    return predict_files(
-        model.probabilities,
-        paths,
-        labels=model.labels,
-        top_k=top_k,
-        chunk=chunk,
-        save_dir=save_dir,
-        min_confidence=min_confidence,
-    )
+        t = None
+    valid = isinstance(t, int | float) and math.isfinite(t) and t > 0
+    return OnnxModel(session, meta["input"], meta["output"], labels, float(t) if valid else None)

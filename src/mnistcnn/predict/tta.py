@@ -1,10 +1,8 @@
-"""Test-time augmentation: the model's logits averaged over a few fixed small moves of the 28x28
-input. Deterministic (the same views every time) and torch-only, for `predict` and `eval`.
+"""Test-time augmentation: logits averaged over a few fixed small moves of the 28x28 input.
 
 Logits are averaged, not probabilities: a mean of softmaxes is less sure than any one view, so
-it needs its own temperature anyway, and with averaged logits one T fitted on the validation
-views calibrates as well as without TTA (`calibrate` fits and stores it as `tta_temperature`).
-"""
+it needs its own temperature anyway, and one T fitted on the averaged logits of validation
+views calibrates as well as without TTA (`calibrate` stores it as `tta_temperature`)."""
 
 from __future__ import annotations
 
@@ -31,8 +29,7 @@ VIEWS: tuple[tuple[float, float, float, float], ...] = (
 
 
 def views(images: torch.Tensor, count: int = len(VIEWS)) -> torch.Tensor:
-    """(N, 1, H, W) float images -> (V * N, 1, H, W): the first `count` views of every image,
-    view-major."""
+    """(N, 1, H, W) float images -> (V * N, 1, H, W): the first `count` views, view-major."""
     n, _, h, w = images.shape
     thetas = []
     for degrees, zoom, dx, dy in VIEWS[:count]:
@@ -56,14 +53,11 @@ def view_logits(model: nn.Module, images: torch.Tensor, count: int = len(VIEWS))
 def images_view_logits(
     model: nn.Module, images: torch.Tensor, batch_size: int, views: int = len(VIEWS)
 ) -> torch.Tensor:
-    """Logits (V, N, 10) of the first `views` views of uint8 images (N, 28, 28), `batch_size`
-    images at a time (0: as many as `inference_batch` fits)."""
+    """`view_logits` of uint8 images (N, 28, 28), `batch_size` at a time (0: `inference_batch`)."""
     device = next(model.parameters()).device
     batch_size = batch_size or inference_batch(model, device, views)
     chunks = [
-        view_logits(
-            model, images[i : i + batch_size].to(device).unsqueeze(1).float().div(255), views
-        )
+        view_logits(model, images[i : i + batch_size].to(device)[:, None].float() / 255, views)
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(chunks, 1).cpu()
