@@ -168,7 +168,13 @@ def logged() -> Iterator[list[str]]:
         yield lines
 
 
-def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, ...]) -> dict:
+def _fit(
+    data_dir: Path,
+    out: Path,
+    config: Path | None,
+    overrides: tuple[str, ...],
+    splits: Callable[..., Any] | None = None,
+) -> dict:
     """Train on CPU into `out`; the run folder (if any) goes beside it, never into the repo."""
     from mnistcnn.config import load_config
     from mnistcnn.train import fit
@@ -185,7 +191,7 @@ def _fit(data_dir: Path, out: Path, config: Path | None, overrides: tuple[str, .
         ],
     )
     with log_lines() as logs:
-        result = fit(cfg, progress=False)
+        result = fit(cfg, splits=splits and splits(cfg, 1000), progress=False)
     return {**result, "path": out, "cfg": cfg, "logs": logs}
 
 
@@ -194,6 +200,16 @@ def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """configs/tiny.yaml exactly as shipped (its data, model and schedule), trained once."""
     out = tmp_path_factory.mktemp("tiny") / "tiny.pth"
     return _fit(data_dir, out, TINY, ())
+
+
+@pytest.fixture(scope="session")
+def small_run(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory, small_splits: Callable[..., Any]
+) -> dict:
+    """tiny.yaml's two epochs on 1,000 training images, tested on 1,000, trained once."""
+    out = tmp_path_factory.mktemp("small") / "small.pth"
+    sets = ("data.subset=1000", "data.val_size=500", "train.run_dir=null")
+    return _fit(data_dir, out, TINY, sets, small_splits)
 
 
 @pytest.fixture(scope="session")

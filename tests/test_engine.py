@@ -44,8 +44,8 @@ DIVERGES = ("model={name: baseline, channels: [4, 8], hidden: 16}", "optim.name=
 def quiet_fit(small_splits: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
     """`quiet_fit(cfg, **kwargs)`: fit on the session's MNIST, 256 test images, no progress bar."""
 
-    def run(cfg: Config, **kwargs: Any) -> dict[str, Any]:
-        return fit(cfg, splits=small_splits(cfg, 256), progress=False, **kwargs)
+    def run(cfg: Config, test_images: int = 256, **kwargs: Any) -> dict[str, Any]:
+        return fit(cfg, splits=small_splits(cfg, test_images), progress=False, **kwargs)
 
     return run
 
@@ -436,7 +436,8 @@ def test_threads_setting_is_applied(
     make_cfg: Callable[..., Config], quiet_fit: Callable[..., dict[str, Any]]
 ) -> None:
     threads = 2 if torch.get_num_threads() == 1 else 1  # not what the session uses
-    quiet_fit(make_cfg(*QUICK, "data.subset=200", f"train.threads={threads}"))
+    sets = (*QUICK, "data.subset=64", "data.val_size=64", f"train.threads={threads}")
+    quiet_fit(make_cfg(*sets), test_images=64)
     assert torch.get_num_threads() == threads  # restored after the test by conftest
 
 

@@ -99,19 +99,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_dir: Path, tmp_path
     assert history(tmp_path / "killed.pth") == history(tmp_path / "full.pth")
 
 
-def test_checkpoint_holds_every_state(tiny_run: dict) -> None:
-    state = load_training_state(tiny_run["path"])
-    assert state["epoch"] == tiny_run["cfg"].train.epochs
+def test_checkpoint_holds_every_state(small_run: dict) -> None:
+    state = load_training_state(small_run["path"])
+    assert state["epoch"] == small_run["cfg"].train.epochs
     assert {"order", "augment", "torch", "python"} <= state["rng"].keys()
     assert state["optimizer"]["state"], "optimizer moments missing"
     assert [row["epoch"] for row in state["history"]] == list(range(1, state["epoch"] + 1))
     assert state["config"]["model"]["name"] == "cnn"
 
 
-def test_resume_folder_and_pth_resolve_to_the_checkpoint(tiny_run: dict) -> None:
-    ckpt = Path(tiny_run["path"]).with_suffix(".ckpt")
+def test_resume_folder_and_pth_resolve_to_the_checkpoint(small_run: dict) -> None:
+    ckpt = Path(small_run["path"]).with_suffix(".ckpt")
     assert load_training_state(ckpt.parent)["path"] == str(ckpt)
-    assert load_training_state(tiny_run["path"])["path"] == str(ckpt)
+    assert load_training_state(small_run["path"])["path"] == str(ckpt)
 
 
 def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,9 +128,9 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_resume_of_a_finished_run_only_retests(
-    tiny_run: dict, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_run: dict, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    src = Path(tiny_run["path"])
+    src = Path(small_run["path"])
     for suffix in (".pth", ".ckpt"):
         shutil.copy(src.with_suffix(suffix), tmp_path / f"copy{suffix}")
     before = _tensors(tmp_path / "copy.pth")

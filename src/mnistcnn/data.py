@@ -1,9 +1,5 @@
-"""MNIST as in-memory uint8 tensors: loading, the seeded validation split, batches, augmentation.
-
-The data set is read once by torchvision (which downloads it for online users), held as one uint8
-tensor on the training device, shuffled by a seeded `randperm` through a `DataLoader`, and
-converted and augmented a whole batch at a time with tensor ops: no per-sample PIL transforms.
-"""
+"""MNIST as in-memory uint8 tensors: loading (torchvision once, then a tensor cache), the seeded
+validation split, batches by seeded `randperm`, and augmentation of whole batches by tensor ops."""
 
 from __future__ import annotations
 

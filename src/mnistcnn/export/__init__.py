@@ -167,13 +167,13 @@ def to_onnx(module: nn.Module, meta: dict[str, str]) -> bytes:
 
 def calibration_images(data_dir: str | Path, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
     """`count` seeded MNIST training images as floats in [0, 1], (count, 1, 28, 28)."""
-    from mnistcnn.data import default_cache_dir, load_mnist
+    from mnistcnn.data import default_cache_dir, load_mnist, to_float
 
     if count < 1:
         raise ExportError(f"calibration needs at least 1 image (got {count})")
     train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-    return train.images[pick].float().div(255).unsqueeze(1)
+    return to_float(train.images[pick])
 
 
 def quantize_torch(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
@@ -273,10 +273,10 @@ def _check_set(data_dir: str | Path | None) -> tuple[str, np.ndarray, np.ndarray
     if data_dir is None:
         noise = torch.rand(NOISE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=_seeded())
         return "noise", noise.numpy(), None
-    from mnistcnn.data import default_cache_dir, load_mnist
+    from mnistcnn.data import default_cache_dir, load_mnist, to_float
 
     test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
-    return "test", test.images.float().div(255).unsqueeze(1).numpy(), test.labels.numpy()
+    return "test", to_float(test.images).numpy(), test.labels.numpy()
 
 
 def _seeded() -> torch.Generator:

@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 from mnistcnn.train.build import (
-    PER_STEP_SCHEDULERS,
     autocast,
     autocast_dtype,
     build_loss,
     build_optimizer,
     build_scheduler,
     resolve_device,
-    seed_everything,
 )
 from mnistcnn.train.fitting import fit
 from mnistcnn.train.loops import evaluate, predict_logits, scores, train_one_epoch
 from mnistcnn.train.state import check_output, output_paths
 
 __all__ = [
-    "PER_STEP_SCHEDULERS",
     "autocast",
     "autocast_dtype",
     "build_loss",
@@ -31,6 +28,5 @@ __all__ = [
     "predict_logits",
     "resolve_device",
     "scores",
-    "seed_everything",
     "train_one_epoch",
 ]

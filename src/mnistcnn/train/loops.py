@@ -1,7 +1,5 @@
-"""The loops: `train_one_epoch` over batches, `predict_logits`/`evaluate` over a split.
-
-Functions of their inputs (model, batches, optimizer, device) that return metric dicts.
-"""
+"""The loops, functions of their inputs that return metric dicts: `train_one_epoch` over
+batches, `predict_logits` and `evaluate` over a split."""
 
 from __future__ import annotations
 
