@@ -7,6 +7,7 @@ each process draws, and can SIGKILL one process mid-epoch to play a crashed mach
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -96,6 +97,16 @@ def test_one_process_collectives_are_identities() -> None:
     distributed.barrier(world)
     with distributed.process_group(world, torch.device("cpu"), 1.0):
         assert not torch.distributed.is_initialized()
+
+
+def test_only_rank_zero_logs_info_lines(logged: list[str]) -> None:
+    log = logging.getLogger("mnistcnn.train.fitting")
+    for rank in (0, 1):
+        with distributed.info_from_main(distributed.World(rank, 2)):
+            log.info(f"rank {rank}")
+            log.warning(f"warning {rank}")
+    log.info("after")
+    assert logged == ["rank 0", "warning 0", "warning 1", "after"]
 
 
 def test_shards_are_disjoint_and_make_contiguous_global_batches() -> None:
