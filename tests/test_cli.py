@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from conftest import TINY
 from mnistcnn import __version__
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
+from mnistcnn.cli.parser import build_parser
 from mnistcnn.config import Config, dump, load_config
 from mnistcnn.train import loops
 
@@ -71,6 +74,25 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_of_each_command(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, _ = cli(capsys, *command, "--help")
     assert code == 0 and out.startswith("usage: mnistcnn " + " ".join(command))
+
+
+def test_every_argument_has_help() -> None:
+    """Each flag and positional of each command says what it does in its --help."""
+
+    def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    missing = [
+        f"{parser.prog} {action.dest}"
+        for parser in parsers(build_parser())
+        for action in parser._actions
+        if not action.help and not isinstance(action, argparse._SubParsersAction)
+    ]
+    assert missing == []
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -366,10 +388,11 @@ def test_eval_bad_batch_size_is_a_usage_or_user_error(
 @pytest.fixture
 def few_digits(digit_images: dict[Path, int], digit_model: Any) -> dict[Path, int]:
     """Six re-drawn digits and the labels the library gives them (the CLI must agree)."""
-    from mnistcnn.predict.classify import predict_paths
+    from mnistcnn.predict.classify import classifier
+    from mnistcnn.predict.files import predict_paths
 
     paths = list(digit_images)[:6]
-    return {Path(p.path): p.label for p in predict_paths(digit_model, paths)}
+    return {Path(p.path): p.label for p in predict_paths(classifier(digit_model), paths)}
 
 
 @pytest.mark.slow
@@ -496,6 +519,7 @@ def test_subprocess_help_and_usage(tmp_path: Path) -> None:
     assert "usage:" in done.stderr and "--no-such-flag" in done.stderr and done.stdout == ""
 
 
+@pytest.mark.slow
 def test_subprocess_config_show(tmp_path: Path) -> None:
     done = run("config", "show", "-c", TINY, "--set", "train.seed=5", cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == ""
@@ -556,6 +580,30 @@ def test_subprocess_train_eval_predict(
     assert "mnistcnn.data" not in done.stderr
 
 
+@pytest.mark.slow
+def test_subprocess_calibrate_report_compare(
+    tmp_path: Path, data_dir: Path, tiny_run: dict
+) -> None:
+    model = tmp_path / "tiny.pth"
+    for suffix in (".pth", ".yaml", ".metrics.csv"):
+        shutil.copy(Path(tiny_run["path"]).with_suffix(suffix), model.with_suffix(suffix))
+    done = run("calibrate", model, "--data-dir", data_dir, "--no-download", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("temperature ") and f"saved in {model}" in done.stdout
+    done = run("report", model, "--data-dir", data_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    html = tmp_path / "tiny-report" / "report.html"
+    assert done.stdout.strip() == f"wrote 6 pictures and {html}" and html.is_file()
+    done = run("compare", tiny_run["run_dir"], model, "--plot", "cmp.png", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [row["run"] for row in json.loads(done.stdout)] == [
+        Path(tiny_run["run_dir"]).name,
+        "tiny",
+    ]
+    assert done.stderr == "saved cmp.png\n" and (tmp_path / "cmp.png").is_file()
+
+
+@pytest.mark.slow
 def test_subprocess_error_exits_1_without_traceback(tmp_path: Path) -> None:
     done = run("predict", "x.png", "-m", "missing.pth", cwd=tmp_path)
     assert done.returncode == 1 and done.stdout == ""

@@ -27,6 +27,7 @@ def report_page(tiny_run: dict, data_dir: Path, tmp_path_factory: Any) -> Path:
     return write_report(tiny_run["run_dir"], out, data_dir)["html"]
 
 
+@pytest.mark.slow
 def test_report_page_shows_every_figure(
     browser: Any, report_page: Path, tiny_run: dict, tmp_path: Path
 ) -> None:

@@ -105,8 +105,9 @@ def test_tensorboard_events_hold_scalars_graph_and_images(tiny_run: dict[str, An
 
 
 def test_step_log_matches_the_epoch_metrics(
-    quick_fit: Callable[..., tuple[dict[str, Any], list[str]]],
+    quick_fit: Callable[..., tuple[dict[str, Any], list[str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the CSVs alone: quicker
     result, _ = quick_fit()
     run = Path(result["run_dir"])
     with open(run / STEPS) as f:
@@ -144,8 +145,11 @@ def test_run_dir_null_writes_no_run_folder(
 
 
 def test_run_names_are_unique_and_validated(
-    quick_fit: Callable[..., tuple[dict[str, Any], list[str]]], make_cfg: Callable[..., Config]
+    quick_fit: Callable[..., tuple[dict[str, Any], list[str]]],
+    make_cfg: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # folders alone: quicker
     first, _ = quick_fit("train.epochs=1", "train.run_name=same")
     second, _ = quick_fit("train.epochs=1", "train.run_name=same", overwrite=True)
     assert first["run_dir"] != second["run_dir"]
@@ -191,9 +195,19 @@ def test_resume_continues_in_the_same_run_folder(
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tiny_run: dict[str, Any], data_dir: Path, tmp_path_factory: Any) -> dict:
+def tiny_report(
+    tiny_run: dict[str, Any], data_dir: Path, mnist_test: Any, tmp_path_factory: Any
+) -> dict:
+    """The tiny run's report, re-scored on the first 1,000 test digits (quicker than 10,000)."""
+    from mnistcnn import data
+
+    def first_1000(*args: Any, **kwargs: Any) -> Any:
+        return data.Split(mnist_test.images[:1000], mnist_test.labels[:1000])
+
     out = tmp_path_factory.mktemp("report")
-    return write_report(tiny_run["run_dir"], out, data_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "load_mnist", first_1000)
+        return write_report(tiny_run["run_dir"], out, data_dir)
 
 
 def test_report_renders_every_figure(tiny_report: dict[str, Path]) -> None:
@@ -212,6 +226,7 @@ def test_report_html_embeds_every_figure_with_config_and_metrics(
     assert "label_smoothing" in page and "Final metrics" in page
 
 
+@pytest.mark.slow
 def test_report_from_a_model_file(
     tiny_run: dict[str, Any], data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -285,8 +300,13 @@ def test_pictures_without_matplotlib_are_a_one_line_error(
 
 
 def test_eval_save_confusion(
-    tiny_run: dict[str, Any], data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    tiny_run: dict[str, Any],
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    small_data: Callable[..., None],
 ) -> None:
+    small_data(500)
     png = tmp_path / "cm.png"
     code, out, err = cli(
         capsys, "eval", tiny_run["path"], "--data-dir", data_dir, "--save-confusion", png
@@ -321,6 +341,7 @@ def test_predict_explain(
     assert code == 1 and "--explain needs --save-preprocessed" in err
 
 
+@pytest.mark.slow
 def test_predict_and_start_up_import_no_plotting(
     digit_model_run: dict[str, Any], tmp_path: Path
 ) -> None:

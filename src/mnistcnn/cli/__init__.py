@@ -1,8 +1,7 @@
-"""The `mnistcnn` command: `main(argv) -> int` over the parser and the handlers in `commands`.
+"""The `mnistcnn` command: `main(argv) -> int` over `parser` and the handlers in `commands`.
 
 Exit codes: 0 success, 1 a MnistCnnError (one line on stderr), 2 a usage error, 130 Ctrl-C.
-The library logs its progress lines; `main` shows them on stdout, or on stderr where stdout
-carries JSON or the command's results (serve, tune).
+The library's log lines go to stdout, or to stderr with --json and for serve and tune.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from mnistcnn.cli.parser import build_parser
 from mnistcnn.errors import MnistCnnError
 
-# Commands whose progress lines have always gone to stderr.
+# Commands that log to stderr even without --json (serve's address, tune's trials).
 LOG_TO_STDERR = ("serve", "tune")
 
 
@@ -27,10 +26,9 @@ class _Lines(logging.Handler):
         self.to_stderr = to_stderr
 
     def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if self.to_stderr else sys.stdout
         try:
-            print(
-                self.format(record), file=sys.stderr if self.to_stderr else sys.stdout, flush=True
-            )
+            print(self.format(record), file=stream, flush=True)
         except Exception:
             self.handleError(record)
 

@@ -13,36 +13,25 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mnistcnn.cli.output import (
-    finish,
-    label_line,
-    note_uncalibrated,
-    number_line,
-    print_json,
-    show,
-    stderr,
-    stdout,
-)
+from mnistcnn.cli import output
+from mnistcnn.cli.output import print_json, stderr, stdout
 from mnistcnn.errors import ConfigError, MnistCnnError
+
+# The flags that are shorthands for a config key (values written as JSON, read as YAML).
+SHORTHANDS = {"data_dir": "data.root", "output": "train.output", "run_name": "train.run_name"}
+SHORTHANDS |= {"init_from": "train.init_from", "freeze": "train.freeze"}
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """`--set` plus the flags that are shorthands for a config key, as `key=value` overrides."""
+    """`--set` plus the shorthand flags given, as `key=value` overrides."""
     sets = list(args.set)
-    if getattr(args, "data_dir", None):
-        sets.append(f"data.root={json.dumps(args.data_dir)}")
+    for flag, key in SHORTHANDS.items():
+        if getattr(args, flag, None):
+            sets.append(f"{key}={json.dumps(getattr(args, flag))}")
     if getattr(args, "device", None):
         sets.append(f"train.device={args.device}")
-    if getattr(args, "output", None):
-        sets.append(f"train.output={json.dumps(args.output)}")
-    if getattr(args, "run_name", None):
-        sets.append(f"train.run_name={json.dumps(args.run_name)}")
-    if getattr(args, "run_dir", None) is not None:
+    if getattr(args, "run_dir", None) is not None:  # '' for no run folder
         sets.append(f"train.run_dir={json.dumps(args.run_dir or None)}")
-    if getattr(args, "init_from", None):
-        sets.append(f"train.init_from={json.dumps(args.init_from)}")
-    if getattr(args, "freeze", None):
-        sets.append(f"train.freeze={args.freeze}")
     return sets
 
 
@@ -65,8 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         state = load_training_state(resume)
         # The model goes beside its checkpoint, wherever the run is resumed from.
-        output = Path(state["path"]).with_suffix(".pth")
-        sets = [*_overrides(args), f"train.output={json.dumps(str(output))}"]
+        model = Path(state["path"]).with_suffix(".pth")
+        sets = [*_overrides(args), f"train.output={json.dumps(str(model))}"]
         cfg = replace_config(from_dict(state["config"]), sets)
     else:
         cfg = load_config(args.config, _overrides(args))
@@ -79,15 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
     if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
-    if args.json:
-        print_json(result)
-        return 0
-    stdout(f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})")
-    stdout(
-        f"temperature {result['temperature']:.4f}: validation ECE "
-        f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %"
-    )
-    stdout(f"saved {result['model']}")
+    print_json(result) if args.json else stdout(output.train_summary(result))
     return 0
 
 
@@ -105,19 +86,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto", "--device")
     # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
     model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
-    data = {"download": not args.no_download}
-    test = load_mnist(args.data_dir, train=False, cache=default_cache_dir(), **data).to(device)
+    download = not args.no_download
+    test = load_mnist(args.data_dir, train=False, download=download, cache=default_cache_dir())
+    test = test.to(device)
     logits = predict_logits(model, test, args.batch_size, device, amp=args.amp, channels_last=True)
     report = classification_report(logits, test.labels)
+    how = {"download": download, "batch_size": args.batch_size, "use_tta": args.tta}
     report["calibration"] = evaluate_calibration(
-        model,
-        args.model,
-        test,
-        logits,
-        args.data_dir,
-        **data,
-        batch_size=args.batch_size,
-        use_tta=args.tta,
+        model, args.model, test, logits, args.data_dir, **how
     )
     lines = [format_report(report), "", *format_calibration(report["calibration"])]
     print_json(report) if args.json else stdout("\n".join(lines))
@@ -142,15 +118,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     save_model(model, args.model)
     if args.json:
         print_json({**fitted, "split": split, "model": args.model})
-        return 0
-    stdout(
-        f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}), "
-        f"fitted on {split}"
-    )
-    stdout(
-        f"validation ECE {100 * fitted['val_ece']:.2f} % -> "
-        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
-    )
+    else:
+        stdout(output.calibrate_summary(fitted, split, args.model))
     return 0
 
 
@@ -194,14 +163,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classify = model.probabilities if onnx else classifier(model, args.tta)
         labels = model.labels if onnx else DIGITS
         found = predict_paths(classify, args.images, labels=labels, **options)
-    results = show(found, args.json, number_line if args.multi else label_line)
-    note_uncalibrated(calibrated, results, args.model)
+    results = output.show(found, args.json, output.number_line if args.multi else output.label_line)
+    output.note_uncalibrated(calibrated, results, args.model)
     if args.explain:
         from mnistcnn.predict.explain import explain_predictions
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             stderr(f"saved {path}")
-    return finish(results, args.images, args.json)
+    return output.finish(results, args.images, args.json)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -218,16 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mnistcnn.export import export_model, format_report
 
-    report = export_model(
-        args.model,
-        args.output,
-        fmt=args.format,
-        fuse_bn=args.fuse,
-        quantize=args.quantize,
-        data_dir=args.data_dir,
-        calibration=args.calibration,
-        overwrite=args.overwrite,
-    )
+    how = {k: getattr(args, k) for k in ("quantize", "data_dir", "calibration", "overwrite")}
+    report = export_model(args.model, args.output, fmt=args.format, fuse_bn=args.fuse, **how)
     print_json(dataclasses.asdict(report)) if args.json else stdout(format_report(report))
     return 0
 
@@ -252,8 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from mnistcnn.tune import format_report, load_tune_config, run_study
 
-    flags = {"study": args.study, "storage": args.storage, "n_trials": args.n_trials}
-    flags["timeout"] = args.timeout
+    flags = {k: getattr(args, k) for k in ("study", "storage", "n_trials", "timeout")}
     search = [f"search.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     sets = [*_overrides(args), *search]
     report = run_study(load_tune_config(args.config, sets), jobs=args.jobs, quiet=args.quiet)

@@ -26,6 +26,25 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def train_summary(result: dict[str, Any]) -> str:
+    """What `train` prints at the end: test accuracy, temperature, where the model went."""
+    return (
+        f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})\n"
+        f"temperature {result['temperature']:.4f}: validation ECE "
+        f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
+        f"saved {result['model']}"
+    )
+
+
+def calibrate_summary(fitted: dict[str, float], split: str, model: str) -> str:
+    """What `calibrate` prints: both temperatures, the split, the ECE before and after."""
+    return (
+        f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}), "
+        f"fitted on {split}\nvalidation ECE {100 * fitted['val_ece']:.2f} % -> "
+        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {model}"
+    )
+
+
 def note_uncalibrated(calibrated: bool, results: list, model: str) -> None:
     """After any answer from a model without a temperature: say its p is not calibrated."""
     if not calibrated and any(not p.error for p in results):

@@ -15,6 +15,7 @@ from mnistcnn.cli import commands
 
 DEVICE = "auto, cpu, cuda, cuda:N or mps"
 JSON = "print the {} as JSON"
+MODEL = "models/cnn.pth"  # predict's and serve's model when no -m is given
 Commands = argparse._SubParsersAction
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,9 +100,8 @@ def _model_on_mnist_args(p: ArgumentParser, json_help: str) -> None:
 
 
 def _eval(sub: Commands) -> None:
-    p = _command(
-        sub, "eval", commands.cmd_eval, "test-set accuracy and per-class metrics of a model"
-    )
+    about = "test-set accuracy and per-class metrics of a model"
+    p = _command(sub, "eval", commands.cmd_eval, about)
     _model_on_mnist_args(p, JSON.format("report"))
     _opt(p, "--save-confusion PNG", "also draw the confusion matrix as a PNG")
     _opt(p, "--tta", "also measure test-time augmentation (logits averaged over 7 small moves)")
@@ -113,12 +113,8 @@ def _eval(sub: Commands) -> None:
 
 
 def _calibrate(sub: Commands) -> None:
-    p = _command(
-        sub,
-        "calibrate",
-        commands.cmd_calibrate,
-        "fit the temperature on the validation split and store it in the model",
-    )
+    about = "fit the temperature on the validation split and store it in the model"
+    p = _command(sub, "calibrate", commands.cmd_calibrate, about)
     _model_on_mnist_args(p, JSON.format("result"))
 
 
@@ -126,7 +122,7 @@ def _predict(sub: Commands) -> None:
     p = _command(sub, "predict", commands.cmd_predict, "classify image files of handwritten digits")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     model = "a .pth model, or an .onnx one (default models/cnn.pth)"
-    _opt(p, "--model -m MODEL.pth", model, default="models/cnn.pth")
+    _opt(p, "--model -m MODEL.pth", model, default=MODEL)
     top_k = "show the K most likely digits (default 1)"
     _opt(p, "--top-k -k K", top_k, type=int, default=1, choices=range(1, 11))
     _opt(p, "--json", JSON.format("results"))
@@ -148,23 +144,16 @@ def _predict(sub: Commands) -> None:
 
 
 def _serve(sub: Commands) -> None:
-    p = _command(
-        sub, "serve", commands.cmd_serve, "web page and HTTP API: draw a digit, see the prediction"
-    )
-    _opt(
-        p,
-        "--model -m MODEL.pth",
-        "the model to serve (default models/cnn.pth)",
-        default="models/cnn.pth",
-    )
+    about = "web page and HTTP API: draw a digit, see the prediction"
+    p = _command(sub, "serve", commands.cmd_serve, about)
+    _opt(p, "--model -m MODEL.pth", "the model to serve (default models/cnn.pth)", default=MODEL)
     _opt(p, "--host HOST", "address to listen on (default: loopback only)", default="127.0.0.1")
     _opt(p, "--port PORT", "TCP port (0: any free one)", type=int, default=8000)
 
 
 def _export(sub: Commands) -> None:
-    p = _command(
-        sub, "export", commands.cmd_export, "write a model as ONNX or TorchScript (fused, int8)"
-    )
+    about = "write a model as ONNX or TorchScript (fused, int8)"
+    p = _command(sub, "export", commands.cmd_export, about)
     p.add_argument("model", metavar="MODEL.pth", help="the model to export")
     _opt(p, "--format -f", "the file format", required=True, choices=("onnx", "torchscript"))
     _opt(p, "--output -o OUT", "file to write", required=True)
@@ -184,18 +173,16 @@ def _report(sub: Commands) -> None:
 
 
 def _compare(sub: Commands) -> None:
-    p = _command(
-        sub, "compare", commands.cmd_compare, "a table of runs and their validation curves overlaid"
-    )
+    about = "a table of runs and their validation curves overlaid"
+    p = _command(sub, "compare", commands.cmd_compare, about)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model .pth files")
     _opt(p, "--plot PNG", "the overlay (default compare.png)", default="compare.png")
     _opt(p, "--json", JSON.format("table"))
 
 
 def _tune(sub: Commands) -> None:
-    p = _command(
-        sub, "tune", commands.cmd_tune, "hyperparameter search with Optuna (resumable, parallel)"
-    )
+    about = "hyperparameter search with Optuna (resumable, parallel)"
+    p = _command(sub, "tune", commands.cmd_tune, about)
     _opt(p, "--config -c YAML", "a training config + search section", required=True)
     sets = "override a key, e.g. --set train.threads=1 or --set search.n_trials=30"
     _opt(p, "--set KEY=VALUE", sets, action="append", default=[])

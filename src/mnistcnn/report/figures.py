@@ -153,18 +153,14 @@ def mistakes(images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -
 def kernels(weights: np.ndarray) -> Figure:
     """Conv kernels (C_out, C_in, k, k) in a near-square grid, each on its own +- colour scale."""
     weights = np.asarray(weights)[:, 0]
-    fig = _figure("kernels")
-    count = len(weights)
+    fig, count, k = _figure("kernels"), len(weights), weights.shape[-1]
     cols = math.ceil(math.sqrt(count * 1.5))
-    rows = math.ceil(count / cols)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
+    for i, ax in enumerate(fig.subplots(math.ceil(count / cols), cols, squeeze=False).flat):
         ax.set_axis_off()
         if i < count:
             limit = float(np.abs(weights[i]).max()) or 1.0
             ax.imshow(weights[i], cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(str(i), fontsize=8)
-    k = weights.shape[-1]
     about = f"{count} of {k}x{k}; red = positive, blue = negative"
     fig.suptitle(f"First conv layer: learned kernels ({about})", fontsize=13)
     return fig
@@ -218,10 +214,8 @@ def compare(runs: Mapping[str, Rows]) -> Figure:
         epochs = _column(rows, "epoch")
         (line,) = loss_ax.plot(epochs, _column(rows, "val_loss"), "o-", ms=5, label=name)
         acc_ax.plot(epochs, 100 * _column(rows, "val_accuracy"), "o-", ms=5, color=line.get_color())
-    loss_ax.set_title("Validation loss")
-    acc_ax.set_title("Validation accuracy (%)")
-    for ax in (loss_ax, acc_ax):
-        ax.set(xlabel="epoch")
+    for ax, title in ((loss_ax, "Validation loss"), (acc_ax, "Validation accuracy (%)")):
+        ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     loss_ax.legend(fontsize=8)

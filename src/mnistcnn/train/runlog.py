@@ -26,6 +26,7 @@ from mnistcnn.data import to_float
 from mnistcnn.errors import MnistCnnError
 
 log = logging.getLogger(__name__)
+OnLog = Callable[[int, dict[str, float]], None]
 STEP_FIELDS = ("step", "epoch_float", "loss", "accuracy", "lr", "grad_norm")
 ENABLE_HINT = "TensorBoard event files are off: pip install 'mnistcnn[viz]' to write them"
 
@@ -95,10 +96,6 @@ class RunLog:
             writer.add_text("config", text)
         return cls(folder, writer, steps)
 
-    @property
-    def enabled(self) -> bool:
-        return self.folder is not None
-
     def graph(self, model: nn.Module, example: torch.Tensor) -> None:
         """Add the model graph, traced on a copy in eval mode (BatchNorm statistics stay put)."""
         if self.writer is None:
@@ -111,23 +108,16 @@ class RunLog:
             except Exception as exc:  # a model jit.trace cannot follow: the run goes on
                 warnings.warn(f"TensorBoard graph skipped: {exc}", stacklevel=2)
 
-    def step_logger(
-        self, epoch: int, steps_per_epoch: int
-    ) -> Callable[[int, dict[str, float]], None] | None:
+    def step_logger(self, epoch: int, steps_per_epoch: int) -> OnLog | None:
         """A `train_one_epoch(on_log=...)` callback for this epoch, or None when disabled."""
-        if not self.enabled:
+        if self.folder is None:
             return None
         self._norms = []
 
         def on_log(step: int, stats: dict[str, float]) -> None:
             global_step = (epoch - 1) * steps_per_epoch + step
-            self.steps.append(
-                {
-                    "step": global_step,
-                    "epoch_float": round(epoch - 1 + step / steps_per_epoch, 4),
-                    **{k: round(v, 6) if k != "lr" else v for k, v in stats.items()},
-                }
-            )
+            at = {"step": global_step, "epoch_float": round(epoch - 1 + step / steps_per_epoch, 4)}
+            self.steps.append(at | {k: round(v, 6) if k != "lr" else v for k, v in stats.items()})
             self._norms.append(stats["grad_norm"])
             if self.writer is not None:
                 for key, value in stats.items():
@@ -137,9 +127,8 @@ class RunLog:
 
     def epoch(self, row: dict[str, Any], history: list[dict[str, Any]], saved: Path | None) -> None:
         """Write metrics.csv and steps.csv, copy the model if it was `saved`, add scalars."""
-        if not self.enabled:
+        if self.folder is None:
             return
-        assert self.folder is not None
         files.write_csv(self.folder / files.RUN_METRICS, history)
         files.write_csv(self.folder / files.RUN_STEPS, self.steps, STEP_FIELDS)
         if saved is not None:
@@ -148,10 +137,8 @@ class RunLog:
             return
         e = row["epoch"]
         # One tag per curve: add_scalars would make a sub-run folder per curve.
-        for split in ("train", "val"):
-            for key in ("loss", "accuracy"):
-                self.writer.add_scalar(f"epoch/{split}_{key}", row[f"{split}_{key}"], e)
-        self.writer.add_scalar("epoch/lr", row["lr"], e)
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", row[key], e)
         if self._norms:
             self.writer.add_scalar("epoch/grad_norm", sum(self._norms) / len(self._norms), e)
         self.writer.flush()
