@@ -211,13 +211,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mnistcnn.tune import format_report, load_tune_config, run_study
+    from mnistcnn.tune import format_study, load_tune_config, run_study
 
     flags = {k: getattr(args, k) for k in ("study", "storage", "n_trials", "timeout")}
     search = [f"search.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     sets = [*_overrides(args), *search]
     report = run_study(load_tune_config(args.config, sets), jobs=args.jobs, quiet=args.quiet)
-    print_json(dataclasses.asdict(report)) if args.json else stdout(format_report(report))
+    print_json(dataclasses.asdict(report)) if args.json else stdout(format_study(report))
     return 0
 
 

@@ -1,0 +1,235 @@
+"""Building a Config from layers of plain data: defaults < YAML file < `--set` overrides.
+
+`build` and `coerce` turn plain data into typed dataclasses (tune reuses them for its search
+section); unknown keys and wrong types raise `ConfigError` naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnistcnn.config.components import (
+    arguments,
+    kwarg_type,
+    losses,
+    optimizers,
+    schedulers,
+    unknown_name,
+)
+from mnistcnn.config.schema import Component, Config
+from mnistcnn.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader that also reads `1e-3` as a float (YAML 1.1 reads a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML safely: no tags that build Python objects; errors name the place."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark is not None else where
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem} ({at})") from None
+
+
+# --- building the dataclasses from plain data ----------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp` (lists become tuples, ints floats) or raise ConfigError."""
+    origin = typing.get_origin(tp) or (tp if tp in (tuple, list) else None)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # already built (tune's search spaces)
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+        return build(tp, value, key)
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return origin(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, bool, str) and type(value) is tp:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    """Dataclass `cls` from plain data; keys are named `where.key` in errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; valid keys: {', '.join(names)}")
+        if hints[key] is Component:
+            values[key] = _component(full, value)
+        else:
+            values[key] = coerce(value, hints[key], full)
+    return cls(**values)
+
+
+def _component(key: str, raw: Any) -> Component:
+    if raw is None:
+        raw = {"name": None}
+    if not isinstance(raw, Mapping) or "name" not in raw:
+        raise ConfigError(f"{key}: expected a mapping with a 'name' key, got {raw!r}")
+    name = raw["name"]
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{key}.name: expected a name (a string), got {name!r}")
+    kwargs = {k: v for k, v in raw.items() if k != "name"}
+    if not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"{key}: keys must be strings")
+    if key == "sched" and name in (None, "none"):
+        return Component(None, {})
+    if key == "model":
+        from mnistcnn.model import MODELS
+
+        valid = MODELS
+    else:
+        valid = {"loss": losses, "optim": optimizers, "sched": schedulers}[key]()
+    if name not in valid:
+        raise unknown_name(key, name, valid)
+    cls = valid[name]
+    # The optimizer/scheduler's first argument (params/optimizer) is filled in by train.
+    named = arguments(cls, skip=0 if key in ("model", "loss") else 1)
+    checked = {
+        k: coerce(v, kwarg_type(key, cls, named, k, v), f"{key}.{k}") for k, v in kwargs.items()
+    }
+    if key == "model":  # a model's arguments take the types its __init__ declares
+        hints = typing.get_type_hints(cls.__init__)
+        checked = {k: coerce(v, hints[k], f"{key}.{k}") for k, v in kwargs.items()}
+    return Component(name, checked)
+
+
+# --- layers: defaults, file, overrides -----------------------------------------------------
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain YAML-able data, components flattened to `{name: ..., **kwargs}`."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Component):
+            return {"name": value.name, **{k: plain(v) for k, v in value.kwargs.items()}}
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def merge(
+    base: Mapping[str, Any], layer: Mapping[str, Any], *, by_name: bool = True
+) -> dict[str, Any]:
+    """`layer` merged onto `base`; with `by_name`, a new `name` drops the old kwargs."""
+    out = dict(base)
+    for key, value in layer.items():
+        old = out.get(key)
+        both = isinstance(old, Mapping) and isinstance(value, Mapping)
+        if both and by_name and "name" in value and old.get("name") != value["name"]:
+            out[key] = dict(value)
+        elif both:
+            out[key] = merge(old, value, by_name=by_name)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn `["optim.lr=0.01", ...]` into a nested mapping; values are parsed as YAML."""
+    layer: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        node = layer
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is set to a value above")
+        node[parts[-1]] = parse_yaml(text, f"--set {key}")
+    return layer
+
+
+def read_yaml_file(path: str | Path) -> dict[str, Any]:
+    """Read a config file into plain data: a mapping of sections."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config file must be a mapping of sections ({path})")
+    return raw
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate plain data into a Config."""
+    return build(Config, raw, "")
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `--set` overrides."""
+    raw = to_dict(Config())
+    if path is not None:
+        raw = merge(raw, read_yaml_file(path))
+    raw = merge(raw, parse_overrides(overrides))
+    return from_dict(raw)
+
+
+def replace_config(cfg: Config, overrides: Iterable[str]) -> Config:
+    """`cfg` with `--set` overrides applied."""
+    return from_dict(merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,149 @@
+"""The run configuration as frozen dataclasses, each checking its own values.
+
+The defaults *are* the base recipe (`configs/base.yaml` spells the same values, with reasons).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnistcnn.errors import ConfigError
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+FREEZE = ("none", "features")  # what `train.freeze` may stop training (see train/transfer.py)
+
+
+def _check(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation of whole training batches: a random affine, then photo-style ink redraws."""
+
+    degrees: float = 10.0
+    translate: float = 0.1
+    scale: float = 0.1
+    ink: float = 0.75  # share of images redrawn as thresholded ink (see data.redraw_ink)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.degrees <= 180, "data.augment.degrees", "must be in [0, 180]")
+        _check(0 <= self.translate < 1, "data.augment.translate", "must be in [0, 1)")
+        _check(0 <= self.scale < 1, "data.augment.scale", "must be in [0, 1)")
+        _check(0 <= self.ink <= 1, "data.augment.ink", "must be in [0, 1]")
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.degrees or self.translate or self.scale)
+
+    @property
+    def active(self) -> bool:
+        return self.affine or bool(self.ink)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where MNIST lives and how it is split, batched, normalized and augmented."""
+
+    root: str = "data"
+    download: bool = True
+    cache: bool = True
+    val_size: int = 5000
+    split_seed: int = 0
+    subset: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 0
+    mean: float = 0.1307
+    std: float = 0.3081
+    invert: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.val_size < 60000, "data.val_size", "must be in [1, 59999]")
+        _check(self.subset >= 0, "data.subset", "must be >= 0 (0 = the whole training split)")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(
+            self.eval_batch_size >= 0,
+            "data.eval_batch_size",
+            "must be >= 0 (0 = sized to the CPU's caches, 1000 on a GPU)",
+        )
+        _check(self.std > 0, "data.std", "must be > 0")
+        _check(
+            not (self.invert and self.augment.active),
+            "data.invert",
+            "needs data.augment.degrees, translate, scale and ink at 0 (augmentation assumes "
+            "a black background)",
+        )
+
+
+@dataclass(frozen=True)
+class Component:
+    """A thing chosen by name plus keyword arguments (a model, loss, optimizer or schedule)."""
+
+    name: str | None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, seed, device and where the model and the run folder go."""
+
+    epochs: int = 20
+    seed: int = 0
+    device: str = "auto"
+    output: str = "models/cnn.pth"
+    threads: int = 0
+    amp: bool = True
+    compile: bool = False
+    channels_last: bool = True
+    log_every: int = 50
+    run_dir: str | None = "runs"
+    run_name: str | None = None
+    dist_timeout: float = 300.0
+    init_from: str | None = None
+    freeze: str = "none"
+
+    def __post_init__(self) -> None:
+        _check(self.freeze in FREEZE, "train.freeze", f"must be one of {', '.join(FREEZE)}")
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
+        _check(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(
+            re.fullmatch(DEVICE_PATTERN, self.device) is not None,
+            "train.device",
+            f"must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}",
+        )
+        _check(self.output.endswith(".pth"), "train.output", "must end with .pth")
+        _check(
+            self.run_name is None or re.fullmatch(r"[\w.-]+", self.run_name) is not None,
+            "train.run_name",
+            f"must be a folder name (letters, digits, . _ -), not {self.run_name!r}",
+        )
+        _check(self.run_name not in (".", ".."), "train.run_name", "must not be . or ..")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. The defaults are the base recipe (see configs/base.yaml for the reasons)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Component = field(
+        default_factory=lambda: Component("cnn", {"channels": (32, 64, 128), "dropout": 0.1})
+    )
+    loss: Component = field(
+        default_factory=lambda: Component("CrossEntropyLoss", {"label_smoothing": 0.1})
+    )
+    optim: Component = field(
+        default_factory=lambda: Component(
+            "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+        )
+    )
+    sched: Component = field(
+        default_factory=lambda: Component("OneCycleLR", {"max_lr": 0.1, "pct_start": 0.2})
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)

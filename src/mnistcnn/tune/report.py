@@ -1,0 +1,165 @@
+"""What a study holds: counts, the top trials, parameter importances, plots and `best.yaml`.
+
+`best.yaml` is the best trial's config, ready for `mnistcnn train --config`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistcnn.config import Config, dump
+from mnistcnn.files import atomic_write_text
+from mnistcnn.tune.settings import TuneConfig, trial_config
+from mnistcnn.tune.storage import counts, import_optuna, open_study
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What a study holds and what tune wrote about it."""
+
+    study: str
+    storage: str
+    run_dir: str
+    metric: str
+    counts: dict[str, int]
+    top: list[dict[str, Any]]
+    importances: dict[str, float] | None
+    best_yaml: str | None
+    plots: list[str]
+    notes: list[str]
+
+
+def _evaluator() -> Any:
+    # PED-ANOVA: numpy only and instant; fANOVA (the default before Optuna 5) needs scikit-learn.
+    return import_optuna().importance.PedAnovaImportanceEvaluator()
+
+
+def _importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
+    optuna = import_optuna()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "too few trials to tell apart": still a result
+            found = optuna.importance.get_param_importances(study, evaluator=_evaluator())
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return None, f"no parameter importances: {exc}"
+    return {k: round(float(v), 4) for k, v in found.items()}, None
+
+
+def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], list[str]]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as vis
+    except ImportError as exc:
+        return [], [f"no plots: {exc} (pip install 'mnistcnn[tune]')"]
+    made, notes = [], []
+    wanted = [
+        ("history.png", vis.plot_optimization_history),
+        ("epochs.png", vis.plot_intermediate_values),
+    ]
+    if importances:
+        wanted.append(
+            ("importances.png", lambda s: vis.plot_param_importances(s, evaluator=_evaluator()))
+        )
+    for name, plot in wanted:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+        except (ValueError, RuntimeError) as exc:
+            notes.append(f"no {name}: {exc}")
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+        fig.savefig(run_dir / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made.append(str(run_dir / name))
+    return made, notes
+
+
+def write_best(tune: TuneConfig, trial: Any, path: Path) -> Config:
+    """The best trial's config as a ready-to-run YAML (its model goes beside it, best.pth)."""
+    cfg = trial_config(tune, trial.params, path.with_suffix(".pth"))
+    searched = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in trial.params.items())
+    header = (
+        f"# Best trial {trial.number} of study {tune.search.study!r}: "
+        f"{tune.search.metric} {trial.value:.4f} (validation split).\n"
+        f"# Train it: mnistcnn train --config {path}\n# Searched values:\n{searched}\n"
+    )
+    atomic_write_text(path, header + dump(cfg))
+    return cfg
+
+
+def study_report(tune: TuneConfig, top_n: int = 5) -> StudyReport:
+    """Summarize the study: counts, top trials, importances, best.yaml, plots."""
+    optuna = import_optuna()
+    search = tune.search
+    study = open_study(tune)
+    run_dir = search.run_dir()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ranked = sorted(complete, key=lambda t: t.value, reverse=search.direction == "maximize")
+    top = [
+        {
+            "trial": t.number,
+            search.metric: round(t.value, 6),
+            "epochs": t.user_attrs.get("epochs"),
+            "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+            "params": dict(t.params),
+        }
+        for t in ranked[:top_n]
+    ]
+    importances, note = _importances(study) if len(complete) >= 2 else (None, None)
+    best_yaml = run_dir / "best.yaml" if ranked else None
+    if best_yaml:
+        write_best(tune, ranked[0], best_yaml)
+    plots, plot_notes = _plots(study, run_dir, importances is not None) if complete else ([], [])
+    return StudyReport(
+        study=search.study,
+        storage=search.storage_url(),
+        run_dir=str(run_dir),
+        metric=search.metric,
+        counts=counts(study),
+        top=top,
+        importances=importances,
+        best_yaml=str(best_yaml) if best_yaml else None,
+        plots=plots,
+        notes=([note] if note else []) + plot_notes,
+    )
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_study(rep: StudyReport) -> str:
+    """The report as text: counts, a table of the top trials, importances, files."""
+    c = rep.counts
+    lines = [
+        f"study {rep.study} ({rep.storage}): {c['complete']} complete, {c['pruned']} pruned, "
+        f"{c['failed']} failed, {c['interrupted']} interrupted, {c['running']} running"
+    ]
+    if rep.top:
+        header = ["trial", rep.metric, "epochs", *rep.top[0]["params"]]
+        rows = [
+            [str(r["trial"]), f"{r[rep.metric]:.4f}", str(r["epochs"])]
+            + [_cell(r["params"].get(k)) for k in header[3:]]
+            for r in rep.top
+        ]
+        widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+        lines.append("")
+        for row in [header, *rows]:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    if rep.importances:
+        lines += ["", "parameter importances (PED-ANOVA):"]
+        lines += [f"  {k:<24} {v:.3f}" for k, v in rep.importances.items()]
+    lines.append("")
+    if rep.best_yaml:
+        lines.append(f"best config: {rep.best_yaml}  (mnistcnn train --config {rep.best_yaml})")
+    lines += [f"plot: {p}" for p in rep.plots]
+    lines += [f"note: {n}" for n in rep.notes]
+    return "\n".join(lines)
