@@ -17,17 +17,15 @@ from mnistcnn.cli import output
 from mnistcnn.cli.output import print_json, stderr, stdout
 from mnistcnn.errors import ConfigError, MnistCnnError
 
-# The flags that are shorthands for a config key (values written as JSON, read as YAML).
-SHORTHANDS = {"data_dir": "data.root", "output": "train.output", "run_name": "train.run_name"}
-SHORTHANDS |= {"init_from": "train.init_from", "freeze": "train.freeze"}
-
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """`--set` plus the shorthand flags given, as `key=value` overrides."""
+    """`--set` plus the flags that are shorthands for a config key, as `key=value` overrides."""
     sets = list(args.set)
-    for flag, key in SHORTHANDS.items():
+    if getattr(args, "data_dir", None):
+        sets.append(f"data.root={json.dumps(args.data_dir)}")
+    for flag in ("output", "run_name", "init_from", "freeze"):  # train.<flag>, as JSON
         if getattr(args, flag, None):
-            sets.append(f"{key}={json.dumps(getattr(args, flag))}")
+            sets.append(f"train.{flag}={json.dumps(getattr(args, flag))}")
     if getattr(args, "device", None):
         sets.append(f"train.device={args.device}")
     if getattr(args, "run_dir", None) is not None:  # '' for no run folder

@@ -49,7 +49,7 @@ def _command(sub: Commands, name: str, handler: Handler, help: str) -> ArgumentP
 
 
 def _opt(p: ArgumentParser, usage: str, help: str, **kwargs: Any) -> None:
-    """An option from its usage: `--output -o PTH` takes a value; `--quiet -q` is a switch."""
+    """An option from its usage: `--output -o PTH` takes a value, `--quiet -q` is a switch."""
     *names, last = usage.split()
     if not last.startswith("-"):
         kwargs["metavar"] = last
