@@ -366,16 +366,32 @@ VALUES = st.recursive(
 )
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(overrides=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3))
+def _override_fuzz(max_examples: int) -> settings:
+    checks = [HealthCheck.too_slow]
+    return settings(
+        max_examples=max_examples, deadline=None, derandomize=True, suppress_health_check=checks
+    )
+
+
+OVERRIDES = st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=3)
+
+
+@_override_fuzz(60)
+@given(overrides=OVERRIDES)
 @example(overrides=[("optim.name", [1])])
 @example(overrides=[("model.channels", "!!python/name:os.system")])
 def test_any_override_loads_or_is_a_config_error(overrides: list[tuple[str, object]]) -> None:
+    _load_overrides(overrides)
+
+
+@pytest.mark.slow
+@_override_fuzz(300)
+@given(overrides=OVERRIDES)
+def test_many_overrides_load_or_are_a_config_error(overrides: list[tuple[str, object]]) -> None:
+    _load_overrides(overrides)
+
+
+def _load_overrides(overrides: list[tuple[str, object]]) -> None:
     items = []
     for key, value in overrides:
         # Values go through YAML, as `--set` does; plain strings are passed as typed.

@@ -53,19 +53,37 @@ def _load(tmp: Path, text: str) -> None:
     assert isinstance(cfg, Config)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+def fuzz(max_examples: int) -> settings:
+    """Hypothesis settings: a few examples in the inner loop, many in the slow run."""
+    checks = [HealthCheck.function_scoped_fixture]
+    return settings(max_examples=max_examples, deadline=None, suppress_health_check=checks)
+
+
+@fuzz(60)
 @given(doc=documents)
 def test_random_documents_load_or_raise_config_error(tmp_path: Path, doc: dict[str, Any]) -> None:
     _load(tmp_path, yaml.safe_dump(doc))
 
 
-@settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@pytest.mark.slow
+@fuzz(300)
+@given(doc=documents)
+def test_many_random_documents_load_or_raise_config_error(
+    tmp_path: Path, doc: dict[str, Any]
+) -> None:
+    _load(tmp_path, yaml.safe_dump(doc))
+
+
+@fuzz(60)
 @given(text=st.text(max_size=200))
 def test_random_text_loads_or_raises_config_error(tmp_path: Path, text: str) -> None:
+    _load(tmp_path, text)
+
+
+@pytest.mark.slow
+@fuzz(200)
+@given(text=st.text(max_size=200))
+def test_much_random_text_loads_or_raises_config_error(tmp_path: Path, text: str) -> None:
     _load(tmp_path, text)
 
 

@@ -1,7 +1,5 @@
-"""The run configuration: a frozen, typed dataclass tree, read from YAML and `--set` overrides.
-
-`schema` holds the dataclasses, `components` the torch names a component may take, `build`
-the layering (defaults < YAML file < `--set section.key=value`) and the YAML text.
+"""The run configuration: `schema` (frozen dataclasses), `components` (the torch names a
+component may take), `build` (defaults < YAML file < `--set section.key=value`).
 """
 
 from __future__ import annotations
@@ -14,15 +12,13 @@ from mnistcnn.config.build import (
     load_config,
     merge,
     parse_overrides,
-    parse_yaml,
     read_yaml_file,
     replace_config,
     to_dict,
 )
-from mnistcnn.config.components import LOSSES, losses, optimizers, schedulers
+from mnistcnn.config.components import losses, optimizers, schedulers
 from mnistcnn.config.schema import (
     DEVICE_PATTERN,
-    FREEZE,
     AugmentConfig,
     Component,
     Config,
@@ -32,8 +28,6 @@ from mnistcnn.config.schema import (
 
 __all__ = [
     "DEVICE_PATTERN",
-    "FREEZE",
-    "LOSSES",
     "AugmentConfig",
     "Component",
     "Config",
@@ -48,7 +42,6 @@ __all__ = [
     "merge",
     "optimizers",
     "parse_overrides",
-    "parse_yaml",
     "read_yaml_file",
     "replace_config",
     "schedulers",

@@ -1,7 +1,5 @@
-"""Building a Config from layers of plain data: defaults < YAML file < `--set` overrides.
-
-`build` and `coerce` turn plain data into typed dataclasses (tune reuses them for its search
-section); unknown keys and wrong types raise `ConfigError` naming the key and the valid choices.
+"""A Config from layers of plain data (defaults < YAML file < `--set`) and back to YAML.
+`build`, `coerce` and `merge` are tune's too; bad keys and types raise ConfigError.
 """
 
 from __future__ import annotations
@@ -48,9 +46,6 @@ def parse_yaml(text: str, where: str) -> Any:
         at = f"{where}:{mark.line + 1}" if mark is not None else where
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"invalid YAML: {problem} ({at})") from None
-
-
-# --- building the dataclasses from plain data ----------------------------------------------
 
 
 def _type_name(tp: Any) -> str:
@@ -140,9 +135,6 @@ def _component(key: str, raw: Any) -> Component:
         hints = typing.get_type_hints(cls.__init__)
         checked = {k: coerce(v, hints[k], f"{key}.{k}") for k, v in kwargs.items()}
     return Component(name, checked)
-
-
-# --- layers: defaults, file, overrides -----------------------------------------------------
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -1,7 +1,5 @@
-"""What a component's name may be: torch's optimizers, schedulers and losses, by class name.
-
-`kwarg_type` checks one keyword argument against the class's signature (its name, and a number
-where the default is a number); the caller coerces the value to the type it returns.
+"""What a component may be: torch's optimizers, schedulers and losses by class name, and
+the type each keyword argument takes (from the class's signature).
 """
 
 from __future__ import annotations

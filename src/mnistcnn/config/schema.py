@@ -1,5 +1,4 @@
 """The run configuration as frozen dataclasses, each checking its own values.
-
 The defaults *are* the base recipe (`configs/base.yaml` spells the same values, with reasons).
 """
 

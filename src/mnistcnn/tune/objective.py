@@ -1,5 +1,4 @@
 """One trial: sample its values, train with `train.fit`, report each epoch so a pruner can stop it.
-
 A bad combination or a diverged run fails its trial and the study goes on.
 """
 
@@ -24,22 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _TrialLines(logging.Filter):
-    """A trial's log lines start with `[trial N]` (workers share stderr), or go when quiet."""
-
-    def __init__(self, number: int, quiet: bool) -> None:
-        super().__init__()
-        self.prefix, self.quiet = f"[trial {number}] ", quiet
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "trial_line", False):  # once, whatever the handlers
-            record.msg, record.args, record.trial_line = self.prefix + record.getMessage(), (), True
-        return not self.quiet
-
-
 @contextlib.contextmanager
 def _trial_lines(number: int, quiet: bool) -> Iterator[None]:
-    handlers, lines = logging.getLogger("mnistcnn").handlers, _TrialLines(number, quiet)
+    """A trial's log lines start with `[trial N]` (workers share stderr), or go when quiet."""
+
+    def lines(record: logging.LogRecord) -> bool:
+        if not getattr(record, "trial", False):  # once, whatever the handlers
+            record.msg, record.args = f"[trial {number}] {record.getMessage()}", ()
+            record.trial = True
+        return not quiet
+
+    handlers = logging.getLogger("mnistcnn").handlers
     for handler in handlers:
         handler.addFilter(lines)
     try:

@@ -1,6 +1,5 @@
-"""What a study holds: counts, the top trials, parameter importances, plots and `best.yaml`.
-
-`best.yaml` is the best trial's config, ready for `mnistcnn train --config`.
+"""What a study holds: counts, the top trials, parameter importances, plots, and `best.yaml`
+(the best trial's config, ready for `mnistcnn train --config`).
 """
 
 from __future__ import annotations

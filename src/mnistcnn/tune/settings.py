@@ -1,6 +1,5 @@
-"""A tune file: a training config (the base of every trial) plus its `search` section.
-
-Built with config's own `build` and `merge`, so the same key and type errors apply.
+"""A tune file: a training config (the base of every trial) plus its `search` section,
+built with config's own `build` and `merge`, so the same key and type errors apply.
 """
 
 from __future__ import annotations
@@ -41,10 +40,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS)):
-            if getattr(self, key) not in valid:
-                raise ConfigError(
-                    f"search.{key}: unknown {getattr(self, key)!r}; valid: {', '.join(valid)}"
-                )
+            if (value := getattr(self, key)) not in valid:
+                raise ConfigError(f"search.{key}: unknown {value!r}; valid: {', '.join(valid)}")
         if not self.space:
             raise ConfigError("search.space: name at least one key to search")
         if not self.study or not all(c.isalnum() or c in "._-" for c in self.study):

@@ -1,6 +1,5 @@
-"""The search space: `search.space` of a tune file, one `Space` per config key searched.
-
-A key is a range (uniform, log_uniform, int, with optional log and step) or a choice list.
+"""The search space: `search.space` of a tune file, one `Space` per config key searched,
+a range (uniform, log_uniform, int, with optional log and step) or a choice list.
 """
 
 from __future__ import annotations

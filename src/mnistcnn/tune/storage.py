@@ -1,6 +1,5 @@
-"""The study in its RDB storage (SQLite in the run folder, or a server URL) that workers share.
-
-Also the sampler and pruner the search section names, and the study's trial counts.
+"""The study in its RDB storage (SQLite in the run folder, or a server URL) that workers
+share, with the sampler and pruner the search section names; its trial counts.
 """
 
 from __future__ import annotations

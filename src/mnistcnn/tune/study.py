@@ -1,7 +1,5 @@
 """Running a study: what is left of its budget, on worker processes that share its storage.
-
-Ctrl-C stops every worker at a safe point; the study stays in its storage, and the same
-command resumes it.
+Ctrl-C stops every worker at a safe point; the same command resumes the study.
 """
 
 from __future__ import annotations
@@ -26,17 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class CtrlC:
-    """Ctrl-C, raised only inside a trial's training, where it is safe.
+    """Ctrl-C, raised at once only inside a trial's training, else noted: `check()` raises it."""
 
-    Never in the middle of Optuna's bookkeeping (that would leave a trial RUNNING) nor in a GC
-    callback (where Python swallows it). Elsewhere it is noted, passed on to the worker
-    processes, and the study stops after the current step; `check()` raises it then.
-    """
-
+    # Raised in Optuna's bookkeeping it would leave a trial RUNNING, and Python swallows it in a
+    # GC callback; so it stops the study after the current step, and goes on to the workers.
     def __init__(self, children: Iterable[Any] = ()) -> None:
-        self.seen = False
-        self.in_trial = False
-        self.children = list(children)
+        self.seen, self.in_trial, self.children = False, False, list(children)
 
     def __enter__(self) -> CtrlC:
         self.previous = signal.signal(signal.SIGINT, self._handle)
