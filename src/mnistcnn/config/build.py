@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from mnistcnn.config.components import (
-    arguments,
-    kwarg_type,
+    kwarg_types,
     losses,
     optimizers,
     schedulers,
@@ -127,10 +126,8 @@ def _component(key: str, raw: Any) -> Component:
         raise unknown_name(key, name, valid)
     cls = valid[name]
     # The optimizer/scheduler's first argument (params/optimizer) is filled in by train.
-    named = arguments(cls, skip=0 if key in ("model", "loss") else 1)
-    checked = {
-        k: coerce(v, kwarg_type(key, cls, named, k, v), f"{key}.{k}") for k, v in kwargs.items()
-    }
+    skip = 0 if key in ("model", "loss") else 1
+    checked = {k: coerce(v, tp, f"{key}.{k}") for k, v, tp in kwarg_types(key, cls, kwargs, skip)}
     if key == "model":  # a model's arguments take the types its __init__ declares
         hints = typing.get_type_hints(cls.__init__)
         checked = {k: coerce(v, hints[k], f"{key}.{k}") for k, v in kwargs.items()}

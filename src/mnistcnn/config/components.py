@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from mnistcnn.errors import ConfigError
@@ -58,24 +58,22 @@ def unknown_name(key: str, name: object, valid: Iterable[str]) -> ConfigError:
     return ConfigError(f"{key}: unknown name {name!r}; valid: {', '.join(sorted(valid))}")
 
 
-def arguments(cls: Any, skip: int) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of `cls` after its first `skip` (filled in by the engine)."""
+def kwarg_types(
+    key: str, cls: Any, kwargs: Mapping[str, Any], skip: int
+) -> Iterator[tuple[str, Any, Any]]:
+    """Each (name, value, type to coerce it to) of `kwargs` for `cls`, whose first `skip`
+    parameters train fills in; a number default takes any number (momentum: 0 -> 0.9)."""
     params = list(inspect.signature(cls).parameters.values())[skip:]
-    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def kwarg_type(
-    key: str, cls: Any, named: dict[str, inspect.Parameter], name: str, value: Any
-) -> Any:
-    """The type to coerce argument `name` to: that of its default (any number for a number)."""
-    if name not in named:
-        raise ConfigError(
-            f"{key}.{name}: not an argument of {cls.__name__}; valid: {', '.join(named)}"
-        )
-    default = named[name].default
-    kind = type(default) if isinstance(default, bool | int | float | str | tuple) else Any
-    if kind in (int, float):  # a number default takes any number (momentum: 0 -> 0.9)
-        if not isinstance(value, float | int) or isinstance(value, bool):
-            raise ConfigError(f"{key}.{name}: expected a number, got {value!r}")
-        kind = float if isinstance(value, float) or kind is float else int
-    return kind
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for name, value in kwargs.items():
+        if name not in named:
+            raise ConfigError(
+                f"{key}.{name}: not an argument of {cls.__name__}; valid: {', '.join(named)}"
+            )
+        default = named[name].default
+        kind = type(default) if isinstance(default, bool | int | float | str | tuple) else Any
+        if kind in (int, float):
+            if not isinstance(value, float | int) or isinstance(value, bool):
+                raise ConfigError(f"{key}.{name}: expected a number, got {value!r}")
+            kind = float if isinstance(value, float) or kind is float else int
+        yield name, value, kind
