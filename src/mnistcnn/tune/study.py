@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class CtrlC:
-    """Ctrl-C, raised at once only inside a trial's training, else noted: `check()` raises it."""
+    """Ctrl-C, raised at once only inside a trial's training; elsewhere noted for `check()`."""
 
-    # Raised in Optuna's bookkeeping it would leave a trial RUNNING, and Python swallows it in a
-    # GC callback; so it stops the study after the current step, and goes on to the workers.
+    # Raised in Optuna's bookkeeping it would leave a trial RUNNING, and in a GC callback Python
+    # swallows it: elsewhere it stops the study after the current step. Workers get it too.
     def __init__(self, children: Iterable[Any] = ()) -> None:
         self.seen, self.in_trial, self.children = False, False, list(children)
 
