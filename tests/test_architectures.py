@@ -14,17 +14,12 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO
 
-from mnistcnn.checkpoint import save_model
+from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
 from mnistcnn.config import load_config
 from mnistcnn.data import Split, invert
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model import (
-    ACTIVATIONS,
-    ATTENTIONS,
-    NORMS,
-    POOLS,
-    GlobalAvgPool,
     build_model,
     count_batchnorms,
     count_parameters,
@@ -32,6 +27,7 @@ from mnistcnn.model import (
     layer_table,
     model_from_state,
 )
+from mnistcnn.model.layers import ACTIVATIONS, ATTENTIONS, NORMS, POOLS, GlobalAvgPool
 from mnistcnn.train import fit
 from mnistcnn.train.transfer import freeze, init_from
 
@@ -42,9 +38,22 @@ TINY = {"channels": (4, 8), "convs_per_stage": (2, 1)}  # two convs: the residua
 # --- every option combination builds, runs forward and backward ----------------------------
 
 
+OPTIONS = (NORMS, (False, True), ATTENTIONS, POOLS, ACTIVATIONS)
+COMBINATIONS = list(itertools.product(*OPTIONS))
+# Every 14th combination still pairs every value of each option with every value of each other
+# option (test_fast_combinations_cover_every_pair); the inner loop runs those, CI all 288.
+FAST = COMBINATIONS[::14]
+
+
+def test_fast_combinations_cover_every_pair() -> None:
+    for i, j in itertools.combinations(range(len(OPTIONS)), 2):
+        covered = {(c[i], c[j]) for c in FAST}
+        assert covered == set(itertools.product(OPTIONS[i], OPTIONS[j])), (i, j)
+
+
 @pytest.mark.parametrize(
     ("norm", "residual", "attention", "pool", "activation"),
-    list(itertools.product(NORMS, (False, True), ATTENTIONS, POOLS, ACTIVATIONS)),
+    [pytest.param(*c, marks=() if c in FAST else pytest.mark.slow) for c in COMBINATIONS],
 )
 def test_every_option_combination_trains_a_step(
     norm: str, residual: bool, attention: str, pool: str, activation: str
@@ -220,6 +229,7 @@ def test_model_show_errors_name_the_option(capsys: pytest.CaptureFixture[str]) -
     assert err.count("\n") == 1
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch; test_model_show_* cover it in-process
 def test_model_show_in_a_real_process() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mnistcnn", "model", "show", "-c", "configs/arch/spatial.yaml"],
@@ -253,6 +263,22 @@ def test_preset_builds_and_comments_every_value(path: Path) -> None:
 # --- residual and attention models learn real digits ----------------------------------------
 
 
+@pytest.mark.parametrize("path", sorted((CONFIGS / "arch").glob("*.yaml")), ids=lambda p: p.stem)
+def test_preset_runs_forward_backward_and_round_trips(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    torch.manual_seed(0)
+    model = build_model(cfg.model.name, dict(cfg.model.kwargs)).train()
+    logits = model(torch.rand(4, 1, 28, 28))
+    torch.nn.functional.cross_entropy(logits, torch.arange(4)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    save_model(model, tmp_path / "m.pth")
+    loaded = load_model(tmp_path / "m.pth")
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model.eval()(images), rtol=0, atol=0)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sets",
     [
@@ -390,8 +416,6 @@ def test_invert_refuses_augmentation_that_pads_with_black() -> None:
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_fuse_folds_batchnorm_and_skips_other_norms(norm: str) -> None:
-    from mnistcnn.export import count_batchnorms, fuse
-
     torch.manual_seed(0)
     options = {"norm": norm, "residual": True, "attention": "both", "pool": "strided"}
     model = build_model("cnn", {**TINY, **options})

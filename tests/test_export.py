@@ -18,19 +18,30 @@ import torch
 from torch import nn
 
 from mnistcnn import export
-from mnistcnn.checkpoint import load_model
+from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
+from mnistcnn.data import to_float
 from mnistcnn.errors import ExportError
-from mnistcnn.export import count_batchnorms, export_model, fuse, runner
-from mnistcnn.model import build_model
+from mnistcnn.export import export_model, runner
+from mnistcnn.model import build_model, count_batchnorms, fuse
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture(scope="module")
+def untrained_pth(tmp_path_factory: Any) -> Path:
+    """tiny.yaml's network (three BatchNorms), untrained but with moved statistics, saved."""
+    torch.manual_seed(0)
+    model = build_model("cnn", {"channels": [8, 16, 32], "convs_per_stage": [1, 1, 1]})
+    with torch.no_grad():
+        model.train()(torch.rand(16, 1, 28, 28))
+    path = tmp_path_factory.mktemp("untrained") / "untrained.pth"
+    save_model(model, path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def test_images(mnist_test: Any) -> np.ndarray:
     """The 10k test images as the exported graphs take them: float32 (N, 1, 28, 28) in [0, 1]."""
-    return mnist_test.images.float().div(255).unsqueeze(1).numpy()
+    return to_float(mnist_test.images).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +56,7 @@ def logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(images)).numpy()
 
 
+@pytest.mark.slow
 def test_fuse_folds_every_batchnorm_within_1e5_on_the_test_set(
     tiny_run: dict, test_images: np.ndarray
 ) -> None:
@@ -80,6 +92,7 @@ def test_fuse_handles_residual_stages_and_linear_batchnorm() -> None:
     assert np.array_equal(logits(fuse(plain), images), logits(plain, images))
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_on_the_trained_model(
     digit_onnx: tuple[Path, Any], digit_model: Any, mnist_test: Any, test_images: np.ndarray
 ) -> None:
@@ -100,6 +113,7 @@ def test_onnx_matches_pytorch_on_the_trained_model(
         assert session.run(None, {"images": test_images[:n]})[0].shape == (n, 10)
 
 
+@pytest.mark.slow
 def test_onnx_metadata_is_all_a_consumer_needs(
     digit_onnx: tuple[Path, Any], digit_model: Any
 ) -> None:
@@ -116,6 +130,7 @@ def test_onnx_metadata_is_all_a_consumer_needs(
     assert json.loads(meta["training"])["test_accuracy"] > 0.97
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize(
     ("fmt", "run"),
@@ -153,10 +168,10 @@ def test_int8_loses_at_most_0_3_points(
 
 
 def test_cli_export_torchscript_without_data(
-    tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    untrained_pth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "tiny.pt"
-    args = ["export", str(tiny_run["path"]), "-f", "torchscript", "--fuse", "-o", str(out)]
+    args = ["export", str(untrained_pth), "-f", "torchscript", "--fuse", "-o", str(out)]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["checked_on"] == "noise" and report["accuracy"] is None
@@ -165,6 +180,17 @@ def test_cli_export_torchscript_without_data(
     assert "3 BatchNorm folded" in capsys.readouterr().out
 
 
+def test_onnx_export_without_data_is_checked_on_noise(untrained_pth: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    report = export_model(untrained_pth, out, fmt="onnx", fuse_bn=True)
+    assert (report.checked_on, report.images, report.accuracy) == ("noise", 256, None)
+    assert report.max_abs_diff <= 1e-4 and report.folded == 3
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert (meta["arch"], meta["fused"], meta["quantize"]) == ("cnn", "true", "none")
+    assert runner("onnx", out.read_bytes())(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10)
+
+
+@pytest.mark.slow
 def test_predict_onnx_matches_pth_without_importing_torch(
     digit_onnx: tuple[Path, Any],
     digit_model_run: dict,
@@ -196,8 +222,10 @@ def test_predict_onnx_matches_pth_without_importing_torch(
         assert np.allclose([v for _, v in g["top"]], [v for _, v in e["top"]], atol=1e-5)
 
 
-def test_export_errors(tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pth = str(tiny_run["path"])
+def test_export_errors(
+    untrained_pth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pth = str(untrained_pth)
     out = tmp_path / "m.onnx"
     assert main(["export", pth, "-f", "onnx", "--quantize", "int8", "-o", str(out)]) == 1
     assert "mnistcnn: error: --quantize int8 calibrates on MNIST" in capsys.readouterr().err
@@ -210,6 +238,7 @@ def test_export_errors(tiny_run: dict, tmp_path: Path, capsys: pytest.CaptureFix
     assert "would replace the model being exported" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_onnx_errors(
     digit_onnx: tuple[Path, Any],
     draw: Any,
@@ -235,6 +264,7 @@ def test_predict_onnx_errors(
     assert capsys.readouterr().err.startswith("mnistcnn: error: --tta works with a .pth model")
 
 
+@pytest.mark.slow
 def test_predict_onnx_folder_in_process(
     digit_onnx: tuple[Path, Any],
     mnist_test: Any,
@@ -260,6 +290,7 @@ def test_predict_onnx_folder_in_process(
     assert {p.name for p in seen.iterdir()} == {f"{i}{s}" for i in range(3) for s in kinds}
 
 
+@pytest.mark.slow
 def test_export_library_errors(
     tiny_run: dict, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

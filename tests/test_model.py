@@ -12,18 +12,16 @@ from mnistcnn.checkpoint import save_model
 from mnistcnn.data import Split
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model import (
-    CPU_BATCH_BYTES,
-    DEVICE_BATCH,
-    FORMAT_VERSION,
     MODELS,
     NUM_CLASSES,
     build_model,
-    conv_out,
     count_parameters,
     inference_batch,
-    largest_map,
     model_from_state,
 )
+from mnistcnn.model.layers import conv_out
+from mnistcnn.model.nets import FORMAT_VERSION
+from mnistcnn.model.summary import CPU_BATCH_BYTES, DEVICE_BATCH, largest_map
 from mnistcnn.train import predict_logits
 
 ARCHS = [

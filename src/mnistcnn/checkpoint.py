@@ -1,7 +1,6 @@
-"""Saving and loading model files: atomic writes, `weights_only=True` reads, one-line errors.
+"""Model files and training checkpoints: atomic writes, `weights_only=True` reads, one-line errors.
 
-A model file is the model's `state_dict`, which describes itself (see `model.DigitNet`); every
-file is written atomically (`files.atomic_write`).
+A model file is the model's `state_dict`, which describes itself (see `model.nets.DigitNet`).
 """
 
 from __future__ import annotations
@@ -90,10 +89,7 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_training_state`, with `weights_only=True`.
-
-    `path` may be the `.ckpt` itself, the model `.pth` it was saved beside, or their folder.
-    """
+    """Read a training checkpoint: the `.ckpt`, the `.pth` saved beside it, or their folder."""
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("*.ckpt"))

@@ -1,4 +1,4 @@
-"""Classification metrics from predictions: confusion matrix, per-class precision/recall/F1."""
+"""Classification metrics from logits: confusion matrix, per-class precision/recall/F1."""
 
 from __future__ import annotations
 
@@ -24,20 +24,17 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     precision = tp / cm.sum(0).clamp(min=1)
     recall = tp / cm.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    per_class = [
+        {"digit": d, "precision": p, "recall": r, "f1": f, "support": int(n)}
+        for d, (p, r, f, n) in enumerate(
+            zip(precision.tolist(), recall.tolist(), f1.tolist(), cm.sum(1), strict=True)
+        )
+    ]
     return {
         "images": len(labels),
         "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
         "accuracy": (preds == labels).double().mean().item(),
-        "per_class": [
-            {
-                "digit": d,
-                "precision": precision[d].item(),
-                "recall": recall[d].item(),
-                "f1": f1[d].item(),
-                "support": int(cm[d].sum()),
-            }
-            for d in range(NUM_CLASSES)
-        ],
+        "per_class": per_class,
         "confusion": cm.tolist(),
     }
 

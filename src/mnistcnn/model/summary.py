@@ -1,0 +1,124 @@
+"""What a model looks like from outside: `model show`'s layer table, sizes and batch sizing.
+
+Each runs one blank image through the model with forward hooks (`_probe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistcnn.model.layers import ConvBlock, conv_out
+from mnistcnn.model.nets import IMAGE_SIZE, DigitNet
+
+# On a CPU, inference slows down severalfold once a batch's largest feature map outgrows the
+# caches, so batches are sized to keep that map within this many bytes.
+CPU_BATCH_BYTES = 4 * 2**20
+# On an accelerator, big batches keep it busy.
+DEVICE_BATCH = 1000
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]]) -> None:
+    """Run one blank image through `model` in eval mode with forward `hooks`, then restore it."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    try:
+        device = next(model.parameters()).device
+        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
+def largest_map(model: nn.Module) -> int:
+    """Elements of the largest tensor a module of `model` outputs for one image."""
+    sizes = [IMAGE_SIZE * IMAGE_SIZE]
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        if torch.is_tensor(output):
+            sizes.append(output[0].numel())
+
+    _probe(model, dict.fromkeys(model.modules(), record))
+    return max(sizes)
+
+
+def inference_batch(model: nn.Module, device: torch.device, views: int = 1) -> int:
+    """Images per inference batch (each run as `views` copies), sized as CPU_BATCH_BYTES says."""
+    if device.type != "cpu":
+        return max(DEVICE_BATCH // views, 1)
+    per_image = largest_map(model) * 4 * views  # float32
+    return max(min(CPU_BATCH_BYTES // per_image, DEVICE_BATCH), 16)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
+    """The output-size arithmetic of a conv or pooling layer, e.g. `(14+2*1-3)//2+1 = 7`."""
+    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) or side_in == side_out == 1:
+        return ""
+
+    def first(value: Any) -> int:
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    k, s, p = first(module.kernel_size), first(module.stride), first(module.padding)
+    assert conv_out(side_in, k, s, p) == side_out, (module, side_in, side_out)
+    return f"({side_in}+2*{p}-{k})//{s}+1 = {side_out}"
+
+
+def layer_table(model: DigitNet) -> list[dict[str, Any]]:
+    """A row per layer but containers: name, type, output shape, side arithmetic, own params."""
+    rows: dict[str, dict[str, Any]] = {}
+    hooks: dict[nn.Module, Callable[..., None]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+            shape = ("N", *output.shape[1:]) if torch.is_tensor(output) else ()
+            side_in = inputs[0].shape[-1] if inputs and inputs[0].dim() == 4 else 0
+            formula = _side_formula(module, side_in, output.shape[-1]) if side_in else ""
+            rows[name].update(shape=shape, arithmetic=formula)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if not name or type(module) in (nn.Sequential, nn.ModuleList, ConvBlock, nn.Identity):
+            continue
+        params = sum(p.numel() for p in module.parameters(recurse=False))  # sums to the total
+        rows[name] = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
+        rows[name]["arithmetic"] = ""
+        hooks[module] = record(name)
+    _probe(model, hooks)
+    return list(rows.values())
+
+
+def format_layer_table(model: DigitNet) -> str:
+    """`layer_table` as aligned text with the input shape first and the totals last."""
+    rows = layer_table(model)
+    lines = [("layer", "type", "output shape", "params", "side: (in+2p-k)//s+1")]
+    lines.append(("input", "", f"(N, 1, {IMAGE_SIZE}, {IMAGE_SIZE})", "", ""))
+    for row in rows:
+        depth = sum(row["name"].startswith(other["name"] + ".") for other in rows)
+        params = f"{row['params']:,}" if row["params"] else ""
+        shape = "(" + ", ".join(map(str, row["shape"])) + ")" if row["shape"] else "-"
+        lines.append(("  " * depth + row["name"], row["type"], shape, params, row["arithmetic"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    out = [
+        "  ".join(
+            cell.rjust(w) if i == 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
+    total = sum(p.numel() for p in model.parameters())
+    out.append(
+        f"{model.arch}: {total:,} parameters ({count_parameters(model):,} trainable); "
+        f"args {model.args}"
+    )
+    return "\n".join(out)
