@@ -18,13 +18,7 @@ from mnistcnn import __version__
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ExportError
 from mnistcnn.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_runner, to_onnx
-from mnistcnn.export.quantize import (
-    BATCH,
-    CALIBRATION_IMAGES,
-    calibration_images,
-    quantize_onnx,
-    quantize_torch,
-)
+from mnistcnn.export.quantize import BATCH, CALIBRATION_IMAGES, calibration_images, to_int8
 from mnistcnn.export.torchscript import Runner, to_torchscript, torch_runner, torchscript_runner
 from mnistcnn.files import atomic_write
 from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
@@ -94,6 +88,7 @@ def logits_of(run: Runner, images: np.ndarray) -> np.ndarray:
 def _check_request(
     model_path: str | Path, out: Path, fmt: str, quantize: str | None, data: bool, overwrite: bool
 ) -> None:
+    """Refuse an unknown format or quantization, int8 without data, or an output in the way."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -112,16 +107,13 @@ def _check_request(
 def _check_set(data_dir: str | Path | None) -> tuple[str, np.ndarray, np.ndarray | None]:
     """The images an export is compared on: MNIST's test set, or seeded noise without data."""
     if data_dir is None:
-        noise = torch.rand(NOISE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=_seeded())
+        seeded = torch.Generator().manual_seed(0)
+        noise = torch.rand(NOISE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=seeded)
         return "noise", noise.numpy(), None
     from mnistcnn.data import default_cache_dir, load_mnist, to_float
 
     test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
     return "test", to_float(test.images).numpy(), test.labels.numpy()
-
-
-def _seeded() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -149,11 +141,7 @@ def export_model(
     calibrated = 0
     if quantize:
         images = calibration_images(data_dir, calibration)  # type: ignore[arg-type]
-        calibrated = len(images)
-        if fmt == "onnx":
-            data = quantize_onnx(float_bytes, images.numpy(), meta)
-        else:
-            data = to_torchscript(quantize_torch(source, images), meta)
+        data, calibrated = to_int8(fmt, source, float_bytes, images, meta), len(images)
     checked_on, check, labels = _check_set(data_dir)
     expected = logits_of(torch_runner(model), check)
     got = logits_of(runner(fmt, data), check)

@@ -15,7 +15,7 @@ from torch import nn
 
 from mnistcnn.errors import ExportError
 from mnistcnn.export.onnx import INPUT_NAME, require, with_metadata
-from mnistcnn.export.torchscript import quiet_tracing
+from mnistcnn.export.torchscript import quiet_tracing, to_torchscript
 
 # Training images (seeded, never test images) that set int8 activation ranges: a thousand
 # cover every digit many times; more changes the ranges by less than one quantization step.
@@ -32,6 +32,15 @@ def calibration_images(data_dir: str | Path, count: int = CALIBRATION_IMAGES) ->
     train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
     return to_float(train.images[pick])
+
+
+def to_int8(
+    fmt: str, model: nn.Module, float_onnx: bytes, images: torch.Tensor, meta: dict[str, str]
+) -> bytes:
+    """The int8 export: onnxruntime's from `float_onnx`, or torch.ao's traced `model`."""
+    if fmt == "onnx":
+        return quantize_onnx(float_onnx, images.numpy(), meta)
+    return to_torchscript(quantize_torch(model, images), meta)
 
 
 def quantize_torch(model: nn.Module, calibration: torch.Tensor) -> nn.Module:

@@ -48,7 +48,7 @@ def largest_map(model: nn.Module) -> int:
 
 
 def inference_batch(model: nn.Module, device: torch.device, views: int = 1) -> int:
-    """Images per inference batch (each run as `views` copies), sized as CPU_BATCH_BYTES says."""
+    """Images per batch (`views` copies each): CPU_BATCH_BYTES-sized on CPU, else DEVICE_BATCH."""
     if device.type != "cpu":
         return max(DEVICE_BATCH // views, 1)
     per_image = largest_map(model) * 4 * views  # float32
