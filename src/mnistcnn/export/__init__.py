@@ -172,9 +172,7 @@ def export_model(
 
 def format_report(report: ExportReport) -> str:
     """Two or three human lines: what was written, how it compares, the int8 changes."""
-    kind = " ".join(
-        [report.format] + ["fused"] * report.fused + [report.quantize] * bool(report.quantize)
-    )
+    kind = " ".join(filter(None, [report.format, "fused" * report.fused, report.quantize]))
     lines = [
         f"wrote {report.path} ({kind}): {report.bytes / 1e3:.1f} kB "
         f"(.pth {report.source_bytes / 1e3:.1f} kB); {report.folded} BatchNorm folded"

@@ -147,7 +147,7 @@ class Stage(nn.Module):
     ) -> None:
         super().__init__()
         blocks = []
-        for i in range(convs):
+        for i in range(convs):  # the first block widens and strides, the last one pools
             tail = pool if i == convs - 1 else None
             spec = (kernel_size, norm, activation, 1 if i else stride, tail)
             blocks.append(ConvBlock(cout if i else cin, cout, *spec))

@@ -1,6 +1,6 @@
 """What a model looks like from outside: `model show`'s layer table, sizes and batch sizing.
 
-Each runs one blank image through the model with forward hooks (`_probe`).
+The table and the sizes come from one blank image run through forward hooks (`_probe`).
 """
 
 from __future__ import annotations
