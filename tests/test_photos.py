@@ -42,20 +42,35 @@ def test_digits(mnist_test: Any) -> tuple[np.ndarray, np.ndarray]:
     return mnist_test.images.numpy(), mnist_test.labels.numpy()
 
 
-@pytest.fixture(scope="module")
-def photos(
-    test_digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+def _write(
+    test_digits: tuple[np.ndarray, np.ndarray], folder: Path, count: int
 ) -> dict[str, list[tuple[Path, photogen.Photo]]]:
-    """PER_CONDITION seeded photos of every condition, written to files."""
-    folder = tmp_path_factory.mktemp("photos")
+    """The first `count` of PER_CONDITION seeded photos of every condition, written to files."""
     made: dict[str, list[tuple[Path, photogen.Photo]]] = {}
     for condition in photogen.CONDITIONS:
         made[condition] = []
-        for i, photo in enumerate(photogen.photo_set(*test_digits, condition, PER_CONDITION, 1)):
+        every = photogen.photo_set(*test_digits, condition, PER_CONDITION, 1)
+        for i, photo in enumerate(itertools.islice(every, count)):
             path = folder / f"{condition}-{i:02d}{photo.suffix}"
             path.write_bytes(photo.data)
             made[condition].append((path, photo))
     return made
+
+
+@pytest.fixture(scope="module")
+def photos(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[tuple[Path, photogen.Photo]]]:
+    """PER_CONDITION photos of every condition (for the slow tests)."""
+    return _write(test_digits, tmp_path_factory.mktemp("photos"), PER_CONDITION)
+
+
+@pytest.fixture(scope="module")
+def first_photos(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[tuple[Path, photogen.Photo]]]:
+    """The first of those photos of every condition (for the fast tests)."""
+    return _write(test_digits, tmp_path_factory.mktemp("first-photos"), 1)
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +106,36 @@ def test_generator_is_seeded_and_uses_the_digits_given(
         next(photogen.photo_set(images, labels, "fog", 1))
 
 
+def _check_made(condition: str, path: Path, photo: photogen.Photo) -> None:
+    with Image.open(path) as img:
+        if condition == "transparent":
+            assert img.mode == "RGBA" and path.suffix == ".png"
+            alpha = np.asarray(img.getchannel("A"))
+            assert np.median(alpha) == 0 and alpha.max() > 200
+        elif condition == "large":
+            assert img.width * img.height >= 12_000_000
+        elif condition == "exif":
+            assert img.getexif().get(0x0112) in range(2, 9)
+    left, top, right, bottom = photo.box
+    assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+
+
+@pytest.mark.slow
 def test_every_condition_makes_what_it_says(
     photos: dict[str, list[tuple[Path, photogen.Photo]]],
 ) -> None:
     for condition, items in photos.items():
         assert len(items) == PER_CONDITION
         for path, photo in items:
-            with Image.open(path) as img:
-                if condition == "transparent":
-                    assert img.mode == "RGBA" and path.suffix == ".png"
-                    alpha = np.asarray(img.getchannel("A"))
-                    assert np.median(alpha) == 0 and alpha.max() > 200
-                elif condition == "large":
-                    assert img.width * img.height >= 12_000_000
-                elif condition == "exif":
-                    assert img.getexif().get(0x0112) in range(2, 9)
-            left, top, right, bottom = photo.box
-            assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+            _check_made(condition, path, photo)
+
+
+def test_the_first_photo_of_every_condition_is_what_it_says(
+    first_photos: dict[str, list[tuple[Path, photogen.Photo]]],
+) -> None:
+    assert first_photos.keys() == set(photogen.CONDITIONS)
+    for condition, ((path, photo),) in first_photos.items():
+        _check_made(condition, path, photo)
 
 
 def test_exif_orientation_is_undone_when_opening(tmp_path: Path) -> None:
@@ -128,6 +156,23 @@ def test_exif_orientation_is_undone_when_opening(tmp_path: Path) -> None:
 # --- preprocessing finds the digit, whatever the light and the paper ----------------------
 
 
+def _check_found(path: Path, photo: photogen.Photo, result: Preprocessed) -> None:
+    width, height = result.frame
+    left, top, right, bottom = result.box
+    box = (left / width, top / height, right / width, bottom / height)
+    assert _overlap(box, photo.box) > 0.6, f"{path.name}: found {box}, drawn {photo.box}"
+    image = result.image
+    assert image.shape == (28, 28) and image.dtype == np.float32
+    assert image.min() >= 0 and image.max() == pytest.approx(1)
+    # MNIST's frame: the ink's box fits 20x20 (its longer side fills it), mass centred.
+    rows, cols = np.flatnonzero(image.max(1) > 0.05), np.flatnonzero(image.max(0) > 0.05)
+    assert 19 <= max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 21
+    ys, xs = np.mgrid[0:28, 0:28]
+    cy, cx = (ys * image).sum() / image.sum(), (xs * image).sum() / image.sum()
+    assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # MNIST's centre of mass: 14.0, 14.0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("condition", photogen.CONDITIONS)
 def test_the_digit_is_found(
     condition: str,
@@ -135,19 +180,15 @@ def test_the_digit_is_found(
     found: dict[str, list[Preprocessed]],
 ) -> None:
     for (path, photo), result in zip(photos[condition], found[condition], strict=True):
-        width, height = result.frame
-        left, top, right, bottom = result.box
-        box = (left / width, top / height, right / width, bottom / height)
-        assert _overlap(box, photo.box) > 0.6, f"{path.name}: found {box}, drawn {photo.box}"
-        image = result.image
-        assert image.shape == (28, 28) and image.dtype == np.float32
-        assert image.min() >= 0 and image.max() == pytest.approx(1)
-        # MNIST's frame: the ink's box fits 20x20 (its longer side fills it), mass centred.
-        rows, cols = np.flatnonzero(image.max(1) > 0.05), np.flatnonzero(image.max(0) > 0.05)
-        assert 19 <= max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 21
-        ys, xs = np.mgrid[0:28, 0:28]
-        cy, cx = (ys * image).sum() / image.sum(), (xs * image).sum() / image.sum()
-        assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # MNIST's centre of mass: 14.0, 14.0
+        _check_found(path, photo, result)
+
+
+@pytest.mark.parametrize("condition", photogen.CONDITIONS)
+def test_the_digit_is_found_in_the_first_photo(
+    condition: str, first_photos: dict[str, list[tuple[Path, photogen.Photo]]]
+) -> None:
+    ((path, photo),) = first_photos[condition]
+    _check_found(path, photo, preprocess(path))
 
 
 def test_an_mnist_digit_comes_back_as_itself(
@@ -280,6 +321,7 @@ def test_a_speck_over_a_digit_is_not_its_bar() -> None:
     assert preprocess_image(page).box[1] > 70
 
 
+@pytest.mark.slow  # 62 photos are generated to reach it
 def test_a_sharp_shadow_edge_is_not_ink(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
     # benchmarks/photos.py's shadow photo 61 of seed 1, an 8 with a hard-edged shadow across
     # it: the paper's estimate ran a few pixels past the step into the shadow, and the line of
@@ -309,19 +351,21 @@ def _assert_found(photo: photogen.Photo) -> None:
 
 
 def test_a_12_megapixel_photo_is_decoded_small(
-    photos: dict[str, list[tuple[Path, photogen.Photo]]],
+    first_photos: dict[str, list[tuple[Path, photogen.Photo]]],
 ) -> None:
     # A 4000x3000 JPEG is decoded at 1/8 scale (~5 ms instead of ~40 ms at full size); its
     # time per image is benchmarks/photos.py's "large" row.
-    path, _ = photos["large"][0]
+    path, _ = first_photos["large"][0]
     with Image.open(path) as full:
         assert full.width * full.height == 12_000_000
     assert DRAFT_SIDE <= max(open_image(path).size) < 2 * DRAFT_SIDE
     assert preprocess(path).image.shape == (28, 28)
 
 
-def test_steps_panel_shows_every_step(photos: dict[str, list[tuple[Path, photogen.Photo]]]) -> None:
-    path, _ = photos["shadow"][0]
+def test_steps_panel_shows_every_step(
+    first_photos: dict[str, list[tuple[Path, photogen.Photo]]],
+) -> None:
+    path, _ = first_photos["shadow"][0]
     result = preprocess(path, steps=True)
     steps = result.steps
     assert steps is not None
@@ -337,8 +381,8 @@ def test_steps_panel_shows_every_step(photos: dict[str, list[tuple[Path, photoge
     assert preprocess(path).steps is None  # kept only when asked for
 
 
-def test_steps_panel_encodes(photos: dict[str, list[tuple[Path, photogen.Photo]]]) -> None:
-    path, _ = photos["chalk"][0]
+def test_steps_panel_encodes(first_photos: dict[str, list[tuple[Path, photogen.Photo]]]) -> None:
+    path, _ = first_photos["chalk"][0]
     steps = preprocess(path, steps=True).steps
     assert steps is not None
     buffer = io.BytesIO()

@@ -22,7 +22,8 @@ from PIL import Image, ImageDraw
 from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
-from mnistcnn.photo import Preprocessed, Row, _remove_lines, preprocess_image, segment
+from mnistcnn.photo import Preprocessed, Row, preprocess_image, segment
+from mnistcnn.photo.lines import remove_lines
 from mnistcnn.predict.number import (
     ENERGY_WEIGHT,
     WIDE_COST,
@@ -207,7 +208,7 @@ def test_a_thin_line_between_the_coarse_angles_is_erased() -> None:
     # over 2-3 bins and fall under the threshold; the finer angles find it.
     page = Image.new("1", (420, 360), 0)
     ImageDraw.Draw(page).line((100, 0, 100 + 360 * math.tan(math.radians(2.25)), 359), fill=1)
-    assert not _remove_lines(np.asarray(page).astype(bool)).any()
+    assert not remove_lines(np.asarray(page).astype(bool)).any()
 
 
 def test_a_page_edge_is_not_erased_into_strokes(

@@ -241,7 +241,7 @@ def test_a_bug_is_a_500_without_traceback(
     def broken(model: Any, img: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(serve, "predict_image", broken)
+    monkeypatch.setattr(serve.app, "predict_image", broken)
     client = TestClient(serve.create_app(digit_model), raise_server_exceptions=False)
     response = client.post("/api/predict", content=_canvas(), headers={"Content-Type": "image/png"})
     assert response.status_code == 500
@@ -308,7 +308,8 @@ def test_cli_errors(digit_model_run: dict, tmp_path: Path, capsys: pytest.Captur
 
 
 def test_cli_without_the_serve_extra(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
-    monkeypatch.delitem(sys.modules, "mnistcnn.serve")
+    for name in [m for m in sys.modules if m.split(".")[:2] == ["mnistcnn", "serve"]]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
     assert main(["serve"]) == 1
     assert capsys.readouterr().err == (

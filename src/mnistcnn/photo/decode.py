@@ -1,0 +1,112 @@
+"""Open an image (a file or an upload's bytes) safely, and bring it to the working size.
+
+One decoder for the CLI and the server: the header's size is checked before any pixel is
+decoded, JPEGs are decoded at a reduced scale, the first frame is taken and EXIF orientation
+applied; every mode (16-bit, palette, alpha) becomes RGB, with alpha kept where it is the ink.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from mnistcnn.errors import ImageError
+
+# Decoding more than this many pixels is refused (a 12 MP phone photo is 12e6): a small file
+# can declare a huge picture.
+MAX_PIXELS = 64_000_000
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale down to a long side of no less than this.
+DRAFT_SIDE = 384
+# Work at a long side of at most this: enough for a digit, fast on a 12 MP photo.
+WORK_SIDE = 512
+# Smaller images (an MNIST-sized PNG, an icon) are enlarged to this long side so that every
+# length in the pipeline, in pixels, means the same whatever the input size.
+MIN_SIDE = 256
+
+
+class EmptyImage(ImageError):
+    """An empty file or upload."""
+
+
+class NotAnImage(ImageError):
+    """Bytes that Pillow does not recognise as an image."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the decoder accepts."""
+
+
+def open_image(
+    source: str | Path | bytes, name: str = "upload", max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """Decode a file or bytes (`name` in errors) within `max_pixels`, EXIF orientation applied."""
+    if isinstance(source, bytes):
+        if not source:
+            raise EmptyImage(f"the upload is empty ({name})")
+        fp: Path | io.BytesIO = io.BytesIO(source)
+        label, at = name, f" ({name})"
+    else:
+        fp = path = Path(source)
+        if not path.is_file():
+            raise ImageError(
+                f"image not found: {path}" if not path.exists() else f"not a file: {path}"
+            )
+        if path.stat().st_size == 0:
+            raise EmptyImage(f"empty file: {path}")
+        label, at = str(path), f": {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            if img.width * img.height > max_pixels:
+                size = f"{img.width}x{img.height} pixels (limit {max_pixels:,})"
+                raise ImageTooLarge(f"image too large: {size}{at}")
+            # JPEG: decode at the smallest 1/2^k scale that keeps the long side >= DRAFT_SIDE.
+            reduce = max(1, max(img.size) // DRAFT_SIDE)
+            img.draft("RGB", (max(1, img.width // reduce), max(1, img.height // reduce)))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise NotAnImage(f"not an image, or a format Pillow cannot read{at}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"cannot decode image {label}: {exc}") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageTooLarge(f"image too large to decode safely: {label} ({exc})") from None
+    return img
+
+
+def _resized(img: Image.Image, side: int, resample: Image.Resampling, **kw: float) -> Image.Image:
+    scale = side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, resample, **kw)
+
+
+def to_working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB (uint8) at working size and, if the background is transparent, alpha in [0, 1]."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray((np.clip(arr / top, 0, 1) * 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    img = img.convert("RGBA" if "A" in img.getbands() or img.mode in ("PA", "RGBa") else "RGB")
+    if max(img.size) > WORK_SIDE:
+        img = _resized(img, WORK_SIDE, Image.Resampling.BOX, reducing_gap=2.0)
+    elif max(img.size) < MIN_SIDE:
+        img = _resized(img, MIN_SIDE, Image.Resampling.BILINEAR)
+    arr = np.asarray(img)
+    if arr.shape[2] == 3:
+        return arr, None
+    alpha = arr[..., 3].astype(np.float32) / 255
+    # A digit on a transparent background: whatever is opaque is ink, whatever its colour.
+    if np.median(alpha[::4, ::4]) < 0.5:
+        return arr[..., :3], alpha
+    # Mostly opaque (a photo with transparent margins): see it on white paper.
+    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, img).convert("RGB")), None

@@ -1,0 +1,274 @@
+"""The web app: the page, `/api/predict` (an image in, the model's answer out), `/api/model`.
+
+An upload is decoded by the same `photo.open_image` and preprocessed the same way as
+`mnistcnn predict` reads a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnistcnn.errors import ImageError
+from mnistcnn.model import DigitNet, count_parameters
+from mnistcnn.photo import open_image, preprocess_image
+from mnistcnn.photo.decode import EmptyImage, ImageTooLarge, NotAnImage
+from mnistcnn.predict.classify import classify
+from mnistcnn.predict.files import MIN_CONFIDENCE
+
+STATIC = Path(__file__).parent / "static"
+FIELD = "image"
+# A phone photo is 2-5 MB as JPEG; a canvas PNG is a few kB. Bigger bodies are refused unread.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+# Stricter than a file's limit: each of the WORKERS decodes at once holds up to 4 bytes a pixel.
+MAX_UPLOAD_PIXELS = 25_000_000
+# Images decoded and preprocessed at once: the work is CPU-bound, more would only add memory
+# and latency.
+WORKERS = 4
+# The page may load only what this server serves: no CDN, no inline script.
+CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
+# The HTTP status of each way an upload fails to decode (any other: 422).
+STATUS = {EmptyImage: 400, ImageTooLarge: 413, NotAnImage: 415}
+
+log = logging.getLogger(__name__)
+
+
+class Prediction(BaseModel):
+    """What the model thinks of one image."""
+
+    found: bool = Field(description="whether a digit was found in the image")
+    label: int | None = Field(None, description="the most probable digit")
+    probability: float | None = Field(None, description="its probability")
+    probabilities: list[float] | None = Field(
+        None, description="p(0) ... p(9), calibrated by the model's temperature when it has one"
+    )
+    low_confidence: bool | None = Field(
+        None, description="whether the probability is below 0.5: more likely wrong than right"
+    )
+    image: str | None = Field(
+        None, description="base64 PNG of the 28x28 image the model saw (white ink on black)"
+    )
+    message: str | None = Field(None, description="why no digit was found")
+
+
+class Base64Image(BaseModel):
+    """A JSON upload: a base64 PNG (or JPEG...), optionally as a `data:` URL."""
+
+    image: str
+
+
+class ModelInfo(BaseModel):
+    """The served `.pth`, as it describes itself."""
+
+    file: str
+    arch: str
+    args: dict[str, Any]
+    parameters: int
+    mean: float
+    std: float
+    metrics: dict[str, Any] = Field(description="what training recorded (accuracy, epochs...)")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or as it streams."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.too_large = f"request body too large (limit {max_bytes // 1024 // 1024} MB)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a chunked body without Content-Length
+                raise HTTPException(413, self.too_large)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _png_base64(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8), "L").save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_upload(data: bytes, name: str) -> Image.Image:
+    """An upload's bytes -> an opened image, as `predict` opens a file; HTTPException if bad."""
+    try:
+        return open_image(data, name, MAX_UPLOAD_PIXELS)
+    except ImageError as exc:
+        raise HTTPException(STATUS.get(type(exc), 422), str(exc)) from None
+
+
+def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
+    """Preprocess as `predict` does, then classify; no digit is an answer, not an error."""
+    try:
+        image = preprocess_image(img).image
+    except ImageError as exc:
+        return Prediction(found=False, message=str(exc))
+    probs = classify(model, image[None].astype(np.float32))[0].tolist()
+    label = int(np.argmax(probs))
+    return Prediction(
+        found=True,
+        label=label,
+        probability=probs[label],
+        probabilities=probs,
+        low_confidence=probs[label] < MIN_CONFIDENCE,
+        image=_png_base64(image),
+    )
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    """The image bytes of a multipart (field `image`), JSON (base64) or raw request, and a name."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get(FIELD)
+        if not isinstance(upload, UploadFile):
+            got = ", ".join(sorted(set(form.keys()))) or "no fields"
+            kind = "a text field, not a file" if FIELD in form else f"missing (got {got})"
+            raise HTTPException(422, f"multipart field {FIELD!r} must hold the image file: {kind}")
+        return await upload.read(), upload.filename or "upload"
+    if media == "application/json":
+        try:
+            payload = Base64Image.model_validate(json.loads(await request.body()))
+        except ValueError:
+            raise HTTPException(422, 'expected JSON {"image": "<base64 PNG>"}') from None
+        text = "".join(payload.image.split())
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            return base64.b64decode(text, validate=True), "base64 image"
+        except binascii.Error:
+            raise HTTPException(422, "the JSON field 'image' is not valid base64") from None
+    if media.startswith("image/") or media == "application/octet-stream":
+        return await request.body(), "upload"
+    raise HTTPException(
+        415,
+        f"send the image as multipart/form-data (file field {FIELD!r}), as JSON "
+        '{"image": "<base64 PNG>"} or as a raw image/* body, not '
+        + (media or "a body without Content-Type"),
+    )
+
+
+PREDICT_DOC = {
+    "summary": "classify a digit image",
+    "description": (
+        f"Multipart with the image in the file field {FIELD!r}, JSON "
+        '{"image": "<base64 PNG>"} (a `data:` URL works too), or the raw image as the body '
+        "(Content-Type image/png, image/jpeg...). An image without a digit "
+        "(an empty canvas) is answered 200 with `found: false`."
+    ),
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FIELD],
+                        "properties": {FIELD: {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/json": {"schema": Base64Image.model_json_schema()},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+    "responses": {
+        code: {"model": ErrorBody, "description": text}
+        for code, text in {
+            400: "empty or malformed upload",
+            413: "body or image too large",
+            415: "not an image, or an unsupported Content-Type",
+            422: "missing field, bad base64, or an image that cannot be decoded",
+        }.items()
+    },
+}
+
+
+def model_info(model: DigitNet, file: str) -> ModelInfo:
+    """What `/api/model` answers: the `.pth`'s own description of the model."""
+    info = model.get_extra_state()
+    return ModelInfo(
+        file=Path(file).name,
+        parameters=count_parameters(model),
+        metrics=info["meta"],
+        **{key: info[key] for key in ("arch", "args", "mean", "std")},
+    )
+
+
+def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The web app around a loaded model (read-only, shared by concurrent requests)."""
+    # No /docs or /redoc: FastAPI's pages load Swagger UI from a CDN; the schema is served.
+    app = FastAPI(
+        title="mnistcnn",
+        summary="Draw a digit, see what the network thinks.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    described = model_info(model, file)
+    busy = threading.BoundedSemaphore(WORKERS)
+
+    def work(data: bytes, name: str) -> Prediction:
+        with busy:
+            return predict_image(model, decode_upload(data, name))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CSP})
+
+    @app.get("/healthz", summary="liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/model", summary="the served model")
+    async def model_endpoint() -> ModelInfo:
+        return described
+
+    @app.post("/api/predict", **PREDICT_DOC)
+    async def predict_endpoint(request: Request) -> Prediction:
+        data, name = await read_upload(request)
+        # Decoding, preprocessing and the forward pass are CPU work: off the event loop.
+        return await to_thread.run_sync(work, data, name)
+
+    return app
