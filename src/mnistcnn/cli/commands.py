@@ -178,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
             raise
         raise MnistCnnError(f"serve needs {exc.name}: pip install 'mnistcnn[serve]'") from None
-    serve(args.model, args.host, args.port, log=stderr)
+    serve(args.model, args.host, args.port)
     return 0
 
 
