@@ -317,6 +317,7 @@ def test_cli_without_the_serve_extra(monkeypatch: pytest.MonkeyPatch, capsys: An
     )
 
 
+@pytest.mark.slow  # a real process: starts Python, torch and uvicorn
 def test_serve_subprocess(digit_model_run: dict, photos: dict) -> None:
     """The real command: says where it listens (loopback), answers, stops on Ctrl-C."""
     proc = subprocess.Popen(

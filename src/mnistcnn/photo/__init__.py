@@ -1,16 +1,14 @@
 """A photo of a digit (or a row of digits) -> the 28x28 MNIST-style images the model expects.
 
-Steps, a module each: decode (open safely, working size), light (flatten it), lines (erase
-ruled lines), ink (threshold, pieces), digit (choose it), redraw (MNIST's stroke width, 20x20 box
-centred in 28x28), row (a number's digits), steps (the panel). PIL, numpy and scipy only: no
-torchvision (start-up time).
+A module per step: decode, light (flatten it), lines (erase ruled lines), ink (its pieces),
+digit (choose and redraw it), row (a number's digits), steps (the panel). PIL, numpy and scipy
+only: no torchvision (start-up time).
 """
 
 from __future__ import annotations
 
 from mnistcnn.photo.decode import DRAFT_SIDE, MAX_PIXELS, open_image
-from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image, to_mnist
-from mnistcnn.photo.light import ink_map
+from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image
 from mnistcnn.photo.row import Row, segment, segment_image
 from mnistcnn.photo.steps import Steps, steps_panel
 
@@ -20,12 +18,10 @@ __all__ = [
     "Preprocessed",
     "Row",
     "Steps",
-    "ink_map",
     "open_image",
     "preprocess",
     "preprocess_image",
     "segment",
     "segment_image",
     "steps_panel",
-    "to_mnist",
 ]

@@ -1,8 +1,7 @@
-"""Open an image (a file or an upload's bytes) safely, and bring it to the working size.
+"""Open an image (a file or an upload's bytes) safely and bring it to the working size.
 
-One decoder for the CLI and the server: the header's size is checked before any pixel is
-decoded, JPEGs are decoded at a reduced scale, the first frame is taken and EXIF orientation
-applied; every mode (16-bit, palette, alpha) becomes RGB, with alpha kept where it is the ink.
+One decoder for the CLI and the server: the pixel count is checked from the header before
+decoding; every mode (16-bit, palette, alpha) becomes RGB, alpha kept where it is the ink.
 """
 
 from __future__ import annotations
@@ -16,15 +15,15 @@ from PIL import Image, ImageOps
 
 from mnistcnn.errors import ImageError
 
-# Decoding more than this many pixels is refused (a 12 MP phone photo is 12e6): a small file
-# can declare a huge picture.
+# A file with more pixels is refused (a 12 MP phone photo is 12e6): a small file can declare a
+# huge picture.
 MAX_PIXELS = 64_000_000
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale down to a long side of no less than this.
 DRAFT_SIDE = 384
 # Work at a long side of at most this: enough for a digit, fast on a 12 MP photo.
 WORK_SIDE = 512
-# Smaller images (an MNIST-sized PNG, an icon) are enlarged to this long side so that every
-# length in the pipeline, in pixels, means the same whatever the input size.
+# Smaller images (an MNIST-sized PNG) are enlarged to this long side: every length in the
+# pipeline, in pixels, then means the same whatever the input size.
 MIN_SIDE = 256
 
 

@@ -1,11 +1,12 @@
-"""Choose the digit among the pieces of ink and make it MNIST's 28x28.
+"""Choose the digit among the pieces of ink and redraw it as MNIST's were drawn.
 
-The strongest piece away from the frame's edge is the digit; pieces near it (a broken stroke, a
-5's bar written apart) join it; frames drawn around it (a circle, a form's box) are left out.
+The strongest piece away from the frame's edge is the digit, with the pieces near it; frames
+drawn around it are left out. It is redrawn at MNIST's stroke width, in a 20x20 box in 28x28.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,30 +17,34 @@ from scipy import ndimage
 from mnistcnn.errors import ImageError
 from mnistcnn.photo.decode import open_image
 from mnistcnn.photo.ink import (
+    INK_LEVEL,
     Box,
     Found,
     Part,
     analyse,
     box_of,
-    find,
     gap,
     keep_mask,
     overlap,
     union,
 )
-from mnistcnn.photo.redraw import redraw, to_28
 from mnistcnn.photo.steps import Steps
 
-# Pieces of ink with less than this fraction of the largest piece's ink are specks (noise,
-# grain) and left out; above it they may be a dotted or skipped stroke, kept where they sit by
-# a digit.
+# MNIST's digit box inside its 28x28 frame.
+BOX = 20
+SIDE = 28
+# MNIST's stroke width / digit box is 0.085-0.2 (5th-95th percentile of the test set): a fine
+# pen's or a marker's strokes are brought into this range.
+STROKE_RANGE = (0.09, 0.18)
+# A digit is redrawn from its mask at no less than this long side (in pixels) before scaling down.
+CROP_SIDE = 96
+# Pieces with less than this fraction of the largest piece's ink are specks (noise, grain);
+# above it they may be a dotted or skipped stroke, kept by a digit.
 SPECK_MASS = 0.005
 # A bar written apart over a digit's top (a 5's) may stand this fraction of its height above it:
-# 9 in 10 of MNIST's (124 in the training set, 96 of them 5s) stand within 0.23, and a faint or
-# blurred photo's threshold widens the gap.
+# 9 in 10 of MNIST's (124 in the training set) stand within 0.23; a blurred photo's is wider.
 BAR_GAP = 0.4
-# Ink inside a piece's holes, as a share of the piece's own, that makes it a frame drawn around
-# the digit (a circle, a form's box) rather than part of the digit.
+# Ink in a piece's holes, as a share of its own, that makes it a frame around the digit.
 FRAMED_MASS = 0.2
 
 
@@ -103,24 +108,82 @@ def _digit_parts(parts: list[Part]) -> list[Part]:
     return chosen
 
 
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the area over the outline's length."""
+    outline = mask & ~ndimage.binary_erosion(mask)
+    return 2 * float(mask.sum()) / max(1.0, float(outline.sum()))
+
+
+def _fill_specks(mask: np.ndarray, size: int) -> np.ndarray:
+    """Fill holes smaller than `size` pixels (chalk grain, a pen's skip), not a digit's loops."""
+    holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+    if count == 0:
+        return mask
+    areas = ndimage.sum_labels(np.ones_like(mask), holes, np.arange(1, count + 1))
+    small = np.concatenate([[False], areas < size])
+    return mask | small[holes]
+
+
+def _redraw(ink: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
+    """The digit as a clean shape (float in [0, 1]) at >= CROP_SIDE px, MNIST stroke width."""
+    left, top, right, bottom = box_of(keep)
+    pad = 2
+    # Thresholded at half the stroke's contrast after enlarging: edges stay smooth.
+    level = INK_LEVEL * min(peak, float(ink[keep].max()))
+    crop = np.where(ndimage.binary_dilation(keep, iterations=2), ink, 0)
+    crop = np.pad(crop[top:bottom, left:right], pad)
+    zoom = max(1.0, CROP_SIDE / max(crop.shape))
+    if zoom > 1:
+        crop = ndimage.zoom(crop, zoom, order=1)
+    shape = crop > level
+    side = max(shape.shape) - 2 * pad * zoom
+    shape = _fill_specks(shape, max(4, round(0.003 * side * side)))
+    width = _stroke_width(shape)
+    target = float(np.clip(width / side, *STROKE_RANGE)) * side
+    if abs(target - width) < 1:
+        return shape.astype(np.float32)
+    # Grow or shrink by half the difference on each side, along the signed distance.
+    grow = (target - width) / 2
+    margin = math.ceil(max(grow, 0)) + 1
+    shape = np.pad(shape, margin)
+    inside = ndimage.distance_transform_edt(shape)
+    outside = ndimage.distance_transform_edt(~shape)
+    return np.clip(0.5 + inside - outside + grow, 0, 1).astype(np.float32)
+
+
+def _to_28(shape: np.ndarray) -> np.ndarray:
+    """Fit the shape's bounding box in 20x20, keep the aspect ratio, centre its mass in 28x28."""
+    rows, cols = np.flatnonzero(shape.max(1) > 0.05), np.flatnonzero(shape.max(0) > 0.05)
+    shape = shape[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    height, width = shape.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = Image.fromarray(shape.astype(np.float32), "F").resize(size, Image.Resampling.BOX)
+    small = np.clip(np.asarray(small), 0, 1)
+    canvas = np.zeros((SIDE, SIDE), dtype=np.float32)
+    cy, cx = ndimage.center_of_mass(small)
+    y0 = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - size[1]))
+    x0 = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - size[0]))
+    canvas[y0 : y0 + size[1], x0 : x0 + size[0]] = small
+    peak = float(canvas.max())
+    return np.clip(canvas / peak, 0, 1) if peak > 0 else canvas
+
+
 def digits(found: Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     """Each mask's ink as an MNIST-style digit."""
     made = []
     frame = (found.labels.shape[1], found.labels.shape[0])
     for keep in keeps:
-        crop = redraw(found.contrast, keep, found.peak)
-        made.append(Preprocessed(to_28(crop), box_of(keep), crop=crop, frame=frame))
+        crop = _redraw(found.contrast, keep, found.peak)
+        made.append(Preprocessed(_to_28(crop), box_of(keep), crop=crop, frame=frame))
     return made
 
 
 def trace(found: Found, made: list[Preprocessed]) -> Steps:
     """The steps' pictures of an image and the digits made from it."""
-    ink = np.clip(found.contrast / found.peak, 0, 1)
-    boxes = [d.box for d in made]
+    ink, mask = np.clip(found.contrast / found.peak, 0, 1), keep_mask(found, found.parts)
     crops = [d.crop for d in made if d.crop is not None]
-    return Steps(
-        found.rgb, ink, keep_mask(found, found.parts), boxes, crops, [d.image for d in made]
-    )
+    return Steps(found.rgb, ink, mask, [d.box for d in made], crops, [d.image for d in made])
 
 
 def _one_digit(found: Found) -> np.ndarray:
@@ -133,12 +196,6 @@ def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
     found = analyse(img)
     (digit,) = digits(found, [_one_digit(found)])
     return replace(digit, steps=trace(found, [digit])) if steps else digit
-
-
-def to_mnist(ink: np.ndarray) -> Preprocessed:
-    """An ink map (bright ink on dark) -> the 28x28 image of the digit in it."""
-    found = find(np.zeros((*ink.shape, 3), np.uint8), ink)
-    return digits(found, [_one_digit(found)])[0]
 
 
 def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:

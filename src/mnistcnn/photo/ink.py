@@ -1,7 +1,7 @@
 """Find the ink: threshold the flattened contrast, remove lines, label the connected pieces.
 
-Also the box arithmetic the digit and row steps share. Boxes are (left, top, right, bottom),
-right and bottom exclusive, in the working image.
+Also the box arithmetic of the digit and row steps: (left, top, right, bottom), right and
+bottom exclusive, in the working image.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ Box = tuple[int, int, int, int]
 # A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
 # the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
 INK_LEVEL = 0.45
-# Pieces are traced down to this fraction of the strongest ink in the image (hysteresis): a
-# stroke that fades (a light pen, a skip) stays in one piece, but a piece is kept only if it
-# also holds ink above INK_LEVEL.
+# Pieces are traced down to this fraction of the strongest ink (hysteresis): a stroke that fades
+# stays in one piece, but a piece is kept only if it also holds ink above INK_LEVEL.
 FAINT_LEVEL = 0.25
 # Below this contrast against the paper (a fraction of the paper's brightness) there is no digit.
 MIN_CONTRAST = 0.12
@@ -36,7 +35,6 @@ class Part:
 
     label: int
     box: Box
-    area: int
     mass: float  # summed ink contrast
     strength: float  # its strongest ink's contrast
     border: bool  # touches the frame's edge
@@ -58,8 +56,8 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     # The 0.02 % strongest pixels: a digit has more than that, sensor noise peaks do not count.
     k = max(10, ink.size // 5000)
     strongest = float(np.partition(ink.ravel(), -k)[-k])
-    # The paper's level and noise from a quarter of the pixels (as good, faster), those under
-    # half the strongest ink's: a digit cropped tightly can cover half the frame.
+    # The paper's level and noise from a quarter of the pixels, those under half the strongest
+    # ink's: a digit cropped tightly can cover half the frame.
     sample = ink[::2, ::2].ravel()
     paper = sample[sample < 0.5 * strongest]
     if paper.size < sample.size // 10:  # no level stands apart: the frame is all one
@@ -79,7 +77,6 @@ def _parts(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, list[Part]]:
     if count == 0:
         return labels, []
     index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
     masses = ndimage.sum_labels(ink, labels, index)
     strengths = ndimage.maximum(ink, labels, index)
     height, width = mask.shape
@@ -87,8 +84,8 @@ def _parts(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, list[Part]]:
     for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
         box = (cols.start, rows.start, cols.stop, rows.stop)
         border = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
-        area, mass, strength = int(areas[label - 1]), masses[label - 1], strengths[label - 1]
-        parts.append(Part(int(label), box, area, float(mass), float(strength), border))
+        mass, strength = float(masses[label - 1]), float(strengths[label - 1])
+        parts.append(Part(int(label), box, mass, strength, border))
     return labels, parts
 
 
@@ -109,7 +106,7 @@ def analyse(img: Image.Image) -> Found:
 
 
 def keep_mask(found: Found, parts: list[Part]) -> np.ndarray:
-    """The pixels of these pieces."""
+    """The pixels of these pieces of ink."""
     return np.isin(found.labels, [p.label for p in parts])
 
 

@@ -1,8 +1,7 @@
 """Flatten the light: ink contrast per pixel, 0 on paper whatever the gradients and shadows.
 
-The paper's brightness is a grey closing (dark ink) or opening (chalk: light ink) over a window
-wider than any stroke: it erases strokes and keeps what is broader (gradients, vignettes, a
-shadow's edge, a table at the border); dark ink is measured relative to it.
+The paper's brightness is a grey closing (dark ink) or opening (chalk) over a window wider than
+any stroke: it keeps gradients, vignettes and a shadow's edge; ink is measured against it.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-from mnistcnn.photo.decode import to_working
 
 Filter = Callable[..., np.ndarray]
 
@@ -28,11 +25,9 @@ SPILL = 1
 
 def dark_ink(luminance: np.ndarray) -> bool:
     """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
-    # Ink is a minority: a dark stroke is darker than three quarters of its surroundings, chalk
-    # lighter. The surroundings' quartiles over 9x9 and 17x17 blocks of 16 px (the larger holds
-    # when a marker fills a quarter of the smaller) follow gradients and shadows. Chalk on a
-    # board has almost no dark minority (light outweighs dark 150 times or more in the
-    # generated photos); a page whose paper is a bright minority of the frame shows up to ~4.
+    # Ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17 blocks of
+    # 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's light
+    # outweighs dark 150 times or more, a page that is a bright minority of the frame ~4 times.
     half = _pool(luminance, np.add) / 4
     height, width = half.shape
     grid = (max(1, width // 8), max(1, height // 8))
@@ -60,11 +55,10 @@ def _pool(channel: np.ndarray, combine: Callable[..., np.ndarray]) -> np.ndarray
 
 def _background(channel: np.ndarray, window: int, first: Filter, second: Filter) -> np.ndarray:
     """Grey closing (max, then min filter) or opening of one channel, the second SPILL px wider."""
-    # Padded by the edge a whole window deep, a window may slide off the frame: light that
-    # fades towards a border (a vignette, a table) counts as light, not a broad dark stroke.
+    # Padded a window deep, light fading towards a border (a vignette) is light, not a stroke.
     padded = np.pad(channel, window, mode="edge")
-    # Pooled and enlarged, a closing runs a pixel or two past a sharp step of light (a shadow's
-    # edge) into its darker side, seen as a line of ink: the wider second filter puts it back.
+    # Pooled and enlarged, a closing runs past a sharp step of light (a shadow's edge) into its
+    # darker side, seen as a line of ink: the wider second filter puts it back.
     closed = second(first(padded, size=window), size=window + 2 * SPILL)
     return closed[window:-window, window:-window]
 
@@ -75,14 +69,11 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luminance = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255
     dark = dark_ink(luminance)
-    # Inks absorb at least one colour strongly while a board reflects all three alike: the
-    # darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
-    # Tinted paper: the channels are weighed by the paper's level in each (the frame's median),
-    # or a red pen on blue paper has the paper's weak red beside its own weak green; a colour
-    # the paper hardly reflects shows no ink and is left out.
+    # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
+    # Each is weighed by the paper's level in it (tinted paper), or a red pen on blue paper has
+    # the paper's weak red beside its own weak green; a colour the paper hardly reflects is out.
     if dark:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
-        # Weighed against each other only: the brightest keeps its scale, [0, 1].
         used = [
             values * np.float32(paper.max() / (255 * level))
             for values, level in zip((red, green, blue), paper, strict=True)
@@ -106,9 +97,3 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
     if dark:
         return (back - smooth) / np.maximum(back, 0.02)
     return smooth - back
-
-
-def ink_map(img: Image.Image) -> np.ndarray:
-    """Ink strength at working size: bright ink on a dark, flat background."""
-    rgb, alpha = to_working(img)
-    return alpha if alpha is not None else flatten(rgb)

@@ -1,8 +1,7 @@
 """Remove ruled or squared paper lines and page edges: thin lines across the frame.
 
-Lines are found by a Hough vote of the ink mask over angles near horizontal and vertical; a
-line must reach across the frame and be thin along most of its length. Its pixels are cleared
-except where a stroke crosses it.
+Found by a Hough vote of the ink mask at angles near horizontal and vertical; a line's pixels
+are cleared except where a stroke crosses it.
 """
 
 from __future__ import annotations
@@ -80,10 +79,9 @@ def _line_band(
     mask: np.ndarray, rho: float, t: float, vertical: bool, thick: int
 ) -> tuple[int, int] | None:
     """The offsets across a line (from its centre `rho`) its ink covers; None if it is not thin."""
-    # Thin: where its centre is ink, the median count of ink within `thick` of the centre is at
-    # most `thick` (digits crossing it are a minority of those places). The band holds every
-    # offset inked in 7 of the line's 10 tenths: a page edge's wide rim lies a pixel or two off
-    # its 1 px vote's centre, while a stroke along the line covers fewer tenths.
+    # Thin: where its centre is ink, the median ink within `thick` of it is at most `thick`. The
+    # band holds each offset inked in 7 of the line's 10 tenths: a page edge's wide rim lies off
+    # its 1 px vote's centre, a stroke along the line covers fewer tenths.
     height, width = mask.shape
     span, breadth = (height, width) if vertical else (width, height)
     along = np.arange(span)
@@ -108,7 +106,7 @@ def _erase_line(
     height, width = mask.shape
     yy, xx = np.mgrid[0:height, 0:width]
     along, across = (yy, xx) if vertical else (xx, yy)
-    offset = _rho(along, across, t) - rho  # within 1.5 % of the offset along the axis
+    offset = _rho(along, across, t) - rho
     lo, hi = band
     inside = (offset >= lo - 0.5) & (offset <= hi + 0.5)
     cleared = out & ~inside

@@ -1,8 +1,7 @@
 """A row of digits (a year, a phone number) -> each digit's 28x28, with the ways to read it.
 
-Pieces of ink in line are grouped into digits left to right; a group wide enough to be touching
-digits is also read cut where its ink is thinnest, and neighbours that could be one digit
-broken in two are also read joined (the model then picks the likeliest).
+Pieces of ink in line are grouped into digits; a wide group is also read cut where its ink is
+thinnest, close neighbours also joined (the model then picks the likeliest).
 """
 
 from __future__ import annotations
@@ -22,30 +21,26 @@ from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, digits, trace
 from mnistcnn.photo.ink import Part, analyse, box_of, gap, keep_mask, overlap, union
 from mnistcnn.photo.steps import Steps
 
-# MNIST digits are at most ~1.25 times as wide as tall (99th percentile, 1.1 for 95 %): ink
-# wider than SPLIT_ASPECT heights may be touching digits (two 1s side by side are ~0.5), and
-# is also read cut in pieces; wider than WHOLE_ASPECT it is never read as one digit.
+# MNIST digits are at most ~1.25 times as wide as tall (99th percentile): ink wider than
+# SPLIT_ASPECT heights may be touching digits (two 1s are ~0.5), wider than WHOLE_ASPECT is.
 SPLIT_ASPECT = 0.5
 WHOLE_ASPECT = 1.4
 # A touching digit is ~0.45-1.1 heights wide: cuts are tried where the ink is thinnest.
 DIGIT_ASPECT = 0.7
-# Ink that could be one digit is cut only into pieces at least this fraction of the row's
-# height: digits in a number are about as tall as each other, while a cut through one wide
-# digit (a 6's loop, an 8's half) leaves a shorter piece.
+# Ink that could be one digit is cut only into pieces this tall (of the row's height): a cut
+# through one wide digit (a 6's loop) leaves a shorter piece.
 CUT_HEIGHT = 0.7
-# A piece of ink at least TALL_STROKE of the row's height is a digit or part of one, a shorter
-# one a speck or a loose stroke; a cut piece must hold such a stroke too: MNIST digits carry
-# specks, and those beside a 1 ("1:") spread over as much height as a digit.
+# A piece this tall (of the row's height) is a digit or part of one, a shorter one a speck or a
+# loose stroke; a cut piece must hold one too: specks beside a 1 ("1:") span a digit's height.
 TALL_STROKE = 0.45
-# A bar along a digit's top (a 5's, written apart) may leave it this many heights wide, as
-# wide as MNIST's widest digits (above); other loose pieces join a digit within one height.
+# A bar along a digit's top (a 5's) may leave it this many heights wide (MNIST's widest
+# digits); other loose pieces join a digit within one height.
 BAR_SPAN = 1.25
 
 
 @dataclass(frozen=True)
 class Row:
-    """A number's groups of ink, left to right, each with its readings (whole, or cut where
-    digits touch), and per pair of neighbours the digit they make joined, if they could be one."""
+    """A number's groups of ink, each with its readings, and each neighbours' joined digit."""
 
     readings: list[list[list[Preprocessed]]]
     joined: list[Preprocessed | None] = field(default_factory=list)
@@ -63,8 +58,7 @@ def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
     inside = [p for p in parts if not p.border] or parts
     biggest = max(p.mass for p in inside)
     big = [p for p in inside if p.mass >= 0.1 * biggest]
-    # The second tallest: pieces of broken digits must not make it smaller, nor one piece
-    # merged with a margin line or a scribble larger.
+    # The second tallest: broken digits must not make it smaller, nor a scribble larger.
     heights = sorted((p.box[3] - p.box[1] for p in big), reverse=True)
     height = heights[1] if len(heights) >= 3 else heights[0]
     top = float(np.median([p.box[1] for p in big]))
@@ -79,8 +73,7 @@ def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
 
 
 def _home(groups: list[list[Part]], part: Part, height: int) -> int | None:
-    """The group a small piece sits over or under, else the one it (nearly) touches if together
-    they are no wider than a digit (the widest digit for a bar along its top); else None."""
+    """The group a small piece sits over or under, else touches and stays about as wide as."""
     boxes = [union([p.box for p in g]) for g in groups]
     if not boxes:
         return None
@@ -116,8 +109,7 @@ def _columns(pieces: list[Part], height: int) -> list[list[Part]]:
                 groups[home].append(part)
                 loose.remove(part)
                 placed = True
-    # Small pieces close together that are as tall as a digit together are a digit broken
-    # apart; the rest (a dash, specks) belong to none.
+    # Small pieces close together as tall as a digit are one broken apart; a dash or specks not.
     clusters: list[list[Part]] = []
     for part in sorted(loose, key=lambda p: p.box[0]):
         near = [c for c in clusters if gap(union([p.box for p in c]), part.box) <= 0.3 * height]
@@ -150,8 +142,7 @@ def _tallest(piece: np.ndarray) -> int:
 
 
 def _cut_columns(profile: np.ndarray, width: int, count: int) -> list[tuple[int, ...]]:
-    """Where to cut into `count` pieces: the thinnest column near each even position; for two
-    pieces also the three thinnest columns of the middle 60 %, a tenth of the width apart."""
+    """Ways to cut into `count` pieces: at the thinnest column near each even position."""
     step = width / count
     cuts = []
     for i in range(1, count):
@@ -159,7 +150,7 @@ def _cut_columns(profile: np.ndarray, width: int, count: int) -> list[tuple[int,
         hi = min(width - 1, round(i * step + 0.35 * step))
         cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else round(i * step))
     candidates = [tuple(sorted(set(cuts)))]
-    if count == 2:
+    if count == 2:  # also at the three thinnest of the middle 60 %, a tenth of the width apart
         for column in np.argsort(profile, kind="stable"):
             if not 0.2 * width <= column <= 0.8 * width:
                 continue
@@ -200,8 +191,7 @@ def _readings(keep: np.ndarray, height: int) -> list[list[np.ndarray]]:
 
 
 def _joinable(a: np.ndarray, b: np.ndarray, height: int) -> bool:
-    """Whether two neighbouring groups could be one digit broken in two: close together, no
-    wider than a digit, and one of them too short to be a whole digit."""
+    """Whether two close neighbours, together as wide as a digit, one short, are one digit."""
     left, top, right, bottom = box_of(a)
     start, upper, end, lower = box_of(b)
     close = start - right <= 0.15 * height and end - left <= height
