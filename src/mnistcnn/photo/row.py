@@ -22,7 +22,7 @@ from mnistcnn.photo.ink import Part, analyse, box_of, gap, keep_mask, overlap, u
 from mnistcnn.photo.steps import Steps
 
 # MNIST digits are at most ~1.25 times as wide as tall (99th percentile): ink wider than
-# SPLIT_ASPECT heights may be touching digits (two 1s are ~0.5), wider than WHOLE_ASPECT is.
+# SPLIT_ASPECT heights may be touching digits (two 1s are ~0.5), wider than WHOLE_ASPECT it is.
 SPLIT_ASPECT = 0.5
 WHOLE_ASPECT = 1.4
 # A touching digit is ~0.45-1.1 heights wide: cuts are tried where the ink is thinnest.
@@ -73,7 +73,7 @@ def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
 
 
 def _home(groups: list[list[Part]], part: Part, height: int) -> int | None:
-    """The group a small piece sits over or under, else touches and stays about as wide as."""
+    """The group a small piece sits over or under, else the one it touches if about as wide."""
     boxes = [union([p.box for p in g]) for g in groups]
     if not boxes:
         return None
