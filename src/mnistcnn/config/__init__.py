@@ -1,6 +1,5 @@
-"""The run configuration: `schema` (frozen dataclasses), `components` (the torch names a
-component may take), `build` (defaults < YAML file < `--set section.key=value`).
-"""
+"""The run configuration: `schema` (frozen dataclasses) and `build` (defaults < YAML file <
+`--set section.key=value`, the torch names a component may take)."""
 
 from __future__ import annotations
 
@@ -10,13 +9,15 @@ from mnistcnn.config.build import (
     dump,
     from_dict,
     load_config,
+    losses,
     merge,
+    optimizers,
     parse_overrides,
     read_yaml_file,
     replace_config,
+    schedulers,
     to_dict,
 )
-from mnistcnn.config.components import losses, optimizers, schedulers
 from mnistcnn.config.schema import (
     DEVICE_PATTERN,
     AugmentConfig,

@@ -1,10 +1,11 @@
-"""A Config from layers of plain data (defaults < YAML file < `--set`) and back to YAML.
-`build`, `coerce` and `merge` are tune's too; bad keys and types raise ConfigError.
+"""A Config from layers of plain data (defaults < YAML file < `--set`) and back to YAML; the
+torch classes a component may name. Bad keys, names and types raise ConfigError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import types
 import typing
@@ -14,15 +15,49 @@ from typing import Any
 
 import yaml
 
-from mnistcnn.config.components import (
-    kwarg_types,
-    losses,
-    optimizers,
-    schedulers,
-    unknown_name,
-)
 from mnistcnn.config.schema import Component, Config
 from mnistcnn.errors import ConfigError
+
+# Losses that take (logits, class indices), the only pair the training loop produces.
+LOSSES = ("CrossEntropyLoss", "MultiMarginLoss")
+
+
+def _torch_classes(module: types.ModuleType, base: type) -> dict[str, type]:
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, base) and obj is not base and name[0] != "_"
+    }
+
+
+def optimizers() -> dict[str, type]:
+    """Every optimizer class in `torch.optim`, by name."""
+    import torch
+
+    found = _torch_classes(torch.optim, torch.optim.Optimizer)
+    # LBFGS needs a loss closure per step and SparseAdam sparse gradients: neither fits a CNN loop.
+    for name in ("LBFGS", "SparseAdam"):
+        found.pop(name, None)
+    return found
+
+
+def schedulers() -> dict[str, type]:
+    """Every LR scheduler class in `torch.optim.lr_scheduler` usable from a config, by name."""
+    from torch.optim import lr_scheduler
+
+    found = _torch_classes(lr_scheduler, lr_scheduler.LRScheduler)
+    found["ReduceLROnPlateau"] = lr_scheduler.ReduceLROnPlateau
+    # These wrap other scheduler objects or Python callables, which YAML cannot express.
+    for name in ("SequentialLR", "ChainedScheduler", "LambdaLR", "MultiplicativeLR"):
+        found.pop(name, None)
+    return found
+
+
+def losses() -> dict[str, type]:
+    """The `torch.nn` losses that fit a classifier's logits, by name."""
+    import torch.nn
+
+    return {name: getattr(torch.nn, name) for name in LOSSES}
 
 
 class _Loader(yaml.SafeLoader):
@@ -45,10 +80,6 @@ def parse_yaml(text: str, where: str) -> Any:
         at = f"{where}:{mark.line + 1}" if mark is not None else where
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"invalid YAML: {problem} ({at})") from None
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -75,16 +106,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
         return build(tp, value, key)
     if origin in (tuple, list):
-        args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item = args[0] if args else Any
+        item = typing.get_args(tp)[0] if typing.get_args(tp) else Any
         return origin(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp in (int, bool, str) and type(value) is tp:
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    raise ConfigError(f"{key}: expected {name}, got {value!r}")
 
 
 def build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
@@ -123,15 +154,35 @@ def _component(key: str, raw: Any) -> Component:
     else:
         valid = {"loss": losses, "optim": optimizers, "sched": schedulers}[key]()
     if name not in valid:
-        raise unknown_name(key, name, valid)
+        raise ConfigError(f"{key}: unknown name {name!r}; valid: {', '.join(sorted(valid))}")
     cls = valid[name]
     # The optimizer/scheduler's first argument (params/optimizer) is filled in by train.
-    skip = 0 if key in ("model", "loss") else 1
-    checked = {k: coerce(v, tp, f"{key}.{k}") for k, v, tp in kwarg_types(key, cls, kwargs, skip)}
+    skip = 1 if key in ("optim", "sched") else 0
+    params = list(inspect.signature(cls).parameters.values())[skip:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = {p.name: p.default for p in params if p.kind in kinds}
+    checked = {}
+    for arg, value in kwargs.items():
+        where = f"{key}.{arg}"
+        if arg not in named:
+            raise ConfigError(
+                f"{where}: not an argument of {cls.__name__}; valid: {', '.join(named)}"
+            )
+        checked[arg] = coerce(value, _argument_type(where, value, named[arg]), where)
     if key == "model":  # a model's arguments take the types its __init__ declares
         hints = typing.get_type_hints(cls.__init__)
         checked = {k: coerce(v, hints[k], f"{key}.{k}") for k, v in kwargs.items()}
     return Component(name, checked)
+
+
+def _argument_type(key: str, value: Any, default: Any) -> Any:
+    """The type an argument takes, from its default; a number takes any number (momentum 0)."""
+    kind = type(default) if isinstance(default, bool | int | float | str | tuple) else Any
+    if kind not in (int, float):
+        return kind
+    if not isinstance(value, float | int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    return float if isinstance(value, float) or kind is float else int
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -149,9 +200,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(cfg)
 
 
-def merge(
-    base: Mapping[str, Any], layer: Mapping[str, Any], *, by_name: bool = True
-) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any], by_name: bool = True) -> dict:
     """`layer` merged onto `base`; with `by_name`, a new `name` drops the old kwargs."""
     out = dict(base)
     for key, value in layer.items():
@@ -160,7 +209,7 @@ def merge(
         if both and by_name and "name" in value and old.get("name") != value["name"]:
             out[key] = dict(value)
         elif both:
-            out[key] = merge(old, value, by_name=by_name)
+            out[key] = merge(old, value, by_name)
         else:
             out[key] = value
     return out
@@ -210,8 +259,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     raw = to_dict(Config())
     if path is not None:
         raw = merge(raw, read_yaml_file(path))
-    raw = merge(raw, parse_overrides(overrides))
-    return from_dict(raw)
+    return from_dict(merge(raw, parse_overrides(overrides)))
 
 
 def replace_config(cfg: Config, overrides: Iterable[str]) -> Config:

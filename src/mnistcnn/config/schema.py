@@ -5,7 +5,7 @@ The defaults *are* the base recipe (`configs/base.yaml` spells the same values, 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,11 @@ class Component:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _made(name: str, **kwargs: Any) -> Callable[[], Component]:
+    """A default factory: Component(name, kwargs) with a fresh kwargs dict each time."""
+    return lambda: Component(name, dict(kwargs))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The loop: length, seed, device and where the model and the run folder go."""
@@ -131,18 +136,10 @@ class Config:
     """A whole run. The defaults are the base recipe (see configs/base.yaml for the reasons)."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: Component = field(
-        default_factory=lambda: Component("cnn", {"channels": (32, 64, 128), "dropout": 0.1})
-    )
-    loss: Component = field(
-        default_factory=lambda: Component("CrossEntropyLoss", {"label_smoothing": 0.1})
-    )
+    model: Component = field(default_factory=_made("cnn", channels=(32, 64, 128), dropout=0.1))
+    loss: Component = field(default_factory=_made("CrossEntropyLoss", label_smoothing=0.1))
     optim: Component = field(
-        default_factory=lambda: Component(
-            "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
-        )
+        default_factory=_made("SGD", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     )
-    sched: Component = field(
-        default_factory=lambda: Component("OneCycleLR", {"max_lr": 0.1, "pct_start": 0.2})
-    )
+    sched: Component = field(default_factory=_made("OneCycleLR", max_lr=0.1, pct_start=0.2))
     train: TrainConfig = field(default_factory=TrainConfig)

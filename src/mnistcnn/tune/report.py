@@ -1,19 +1,18 @@
 """What a study holds: counts, the top trials, parameter importances, plots, and `best.yaml`
-(the best trial's config, ready for `mnistcnn train --config`).
-"""
+(the best trial's config, ready for `mnistcnn train --config`)."""
 
 from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mnistcnn.config import Config, dump
 from mnistcnn.files import atomic_write_text
-from mnistcnn.tune.settings import TuneConfig, trial_config
-from mnistcnn.tune.storage import counts, import_optuna, open_study
+from mnistcnn.tune.search import TuneConfig, trial_config
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,36 @@ class StudyReport:
     notes: list[str]
 
 
+def counts(study: Any) -> dict[str, int]:
+    """Trials by state; a trial failed by Ctrl-C counts as `interrupted`, not `failed`."""
+    found = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "running": 0}
+    for t in study.get_trials(deepcopy=False):
+        state = t.state.name.lower()
+        if state == "fail":
+            state = "interrupted" if t.user_attrs.get("interrupted") else "failed"
+        found["running" if state == "waiting" else state] += 1
+    return found
+
+
+def finished(found: Mapping[str, int]) -> int:
+    """Trials that count against the budget: complete, pruned or failed."""
+    return found["complete"] + found["pruned"] + found["failed"]
+
+
 def _evaluator() -> Any:
+    from optuna.importance import PedAnovaImportanceEvaluator
+
     # PED-ANOVA: numpy only and instant; fANOVA (the default before Optuna 5) needs scikit-learn.
-    return import_optuna().importance.PedAnovaImportanceEvaluator()
+    return PedAnovaImportanceEvaluator()
 
 
 def _importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
-    optuna = import_optuna()
+    from optuna.importance import get_param_importances
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "too few trials to tell apart": still a result
-            found = optuna.importance.get_param_importances(study, evaluator=_evaluator())
+            found = get_param_importances(study, evaluator=_evaluator())
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"no parameter importances: {exc}"
     return {k: round(float(v), 4) for k, v in found.items()}, None
@@ -94,13 +112,12 @@ def write_best(tune: TuneConfig, trial: Any, path: Path) -> Config:
     return cfg
 
 
-def study_report(tune: TuneConfig, top_n: int = 5) -> StudyReport:
+def study_report(tune: TuneConfig, study: Any, top_n: int = 5) -> StudyReport:
     """Summarize the study: counts, top trials, importances, best.yaml, plots."""
-    optuna = import_optuna()
-    search = tune.search
-    study = open_study(tune)
-    run_dir = search.run_dir()
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    from optuna.trial import TrialState
+
+    search, run_dir = tune.search, tune.search.run_dir()
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ranked = sorted(complete, key=lambda t: t.value, reverse=search.direction == "maximize")
     top = [
         {

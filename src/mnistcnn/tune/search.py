@@ -1,0 +1,248 @@
+"""A tune file: a training config (every trial's base) plus its `search` section, built with
+config's own `build` and `merge` (the same key and type errors); `search.space` as Spaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistcnn.config import (
+    Component,
+    Config,
+    build,
+    merge,
+    parse_overrides,
+    read_yaml_file,
+    replace_config,
+)
+from mnistcnn.errors import ConfigError
+
+KINDS = ("uniform", "log_uniform", "int", "choice")
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+# metric -> Optuna direction; both are validation numbers: the test set never selects.
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+
+
+def label(value: Any) -> Any:
+    """A choice as the study stores it: a scalar Optuna takes, else its JSON (= YAML) text."""
+    return value if isinstance(value, type(None) | bool | int | float | str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Space:
+    """Where one config key is searched: a range (uniform, log_uniform, int) or a choice list."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...]
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this key's value for `trial`, as the study stores it."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, self.labels())
+        low, high = self.values
+        if self.kind == "int":
+            return trial.suggest_int(self.key, low, high, step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, low, high, step=self.step, log=self.log)
+
+    def labels(self) -> list[Any]:
+        """The choices as the study stores them."""
+        return [label(v) for v in self.values]
+
+    def value(self, stored: Any) -> Any:
+        """The config value for a parameter as the study stores it."""
+        labels = self.labels() if self.kind == "choice" else []
+        return self.values[labels.index(stored)] if stored in labels else stored
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The `search` section: what to vary, how to sample and prune, how long, what to maximize."""
+
+    space: tuple[Space, ...] = ()
+    study: str = "mnist"
+    directory: str = "runs"
+    storage: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    metric: str = "val_accuracy"
+    n_trials: int | None = 20
+    timeout: float | None = None
+    seed: int = 0
+    startup_trials: int = 3
+    min_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS)):
+            if (value := getattr(self, key)) not in valid:
+                raise ConfigError(f"search.{key}: unknown {value!r}; valid: {', '.join(valid)}")
+        if not self.space:
+            raise ConfigError("search.space: name at least one key to search")
+        if not self.study or not all(c.isalnum() or c in "._-" for c in self.study):
+            raise ConfigError(f"search.study: must be a folder name, not {self.study!r}")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ConfigError("search.n_trials must be >= 1 (or null: until the timeout)")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError("search.timeout must be > 0 seconds (or null)")
+        if self.n_trials is None and self.timeout is None and self.sampler != "grid":
+            raise ConfigError("search: set n_trials and/or timeout (a budget for the study)")
+        if self.startup_trials < 0 or self.min_epochs < 1:
+            raise ConfigError("search.startup_trials must be >= 0 and search.min_epochs >= 1")
+        ranges = [s.key for s in self.space if s.kind != "choice"]
+        if self.sampler == "grid" and ranges:
+            raise ConfigError(
+                f"search.sampler grid needs a choice list for every key; {ranges[0]} is a range"
+            )
+
+    @property
+    def direction(self) -> str:
+        """`maximize` or `minimize`, from the metric."""
+        return METRICS[self.metric]
+
+    def run_dir(self) -> Path:
+        """The study's folder: its SQLite database, trial outputs, best.yaml and plots."""
+        return Path(self.directory) / self.study
+
+    def storage_url(self) -> str:
+        """The storage URL: `search.storage`, or SQLite in the run folder."""
+        return self.storage or f"sqlite:///{self.run_dir() / 'study.db'}"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A whole tune file: the base training config and its search section."""
+
+    base: Config
+    search: SearchConfig
+
+
+def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TuneConfig:
+    """Defaults < the file's base sections < `--set`; its `search` section < `--set search.*`."""
+    if path is None:
+        raise ConfigError("tune needs --config FILE: a training config plus a search section")
+    raw = read_yaml_file(path)
+    valid = [f.name for f in dataclasses.fields(Config)] + ["search"]
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid)} ({path})")
+    if "search" not in raw:
+        raise ConfigError(f"a tune file needs a search section ({path})")
+    sets = list(overrides)
+    search_sets = [s for s in sets if s.split("=", 1)[0].strip().startswith("search.")]
+    search = raw.pop("search") or {}
+    if not isinstance(search, Mapping):
+        raise ConfigError(f"search: expected a mapping of keys, got {search!r}")
+    search = merge(search, parse_overrides(search_sets).get("search", {}), by_name=False)
+    # The file's sections go in as one layer of section-wide sets, so searched and fixed values
+    # layer exactly as `--config` + `--set` do (a renamed component drops its old arguments).
+    file_layer = [f"{section}={json.dumps(value)}" for section, value in raw.items()]
+    base_sets = [s for s in sets if s not in search_sets]
+    base = replace_config(replace_config(Config(), file_layer), base_sets)
+    if "space" in search:
+        search["space"] = parse_space(search["space"])
+    return TuneConfig(base, build(SearchConfig, search, "search"))
+
+
+def trial_config(
+    tune: TuneConfig, params: Mapping[str, Any], output: str | Path, extra: Iterable[str] = ()
+) -> Config:
+    """The base config with a trial's parameters (+ `extra` sets) as one `--set` layer."""
+    spaces = {s.key: s for s in tune.search.space}
+    sets = [
+        f"{k}={json.dumps(spaces[k].value(v) if k in spaces else v)}" for k, v in params.items()
+    ]
+    sets += [f"train.output={json.dumps(str(output))}", *extra]
+    return replace_config(tune.base, sets)
+
+
+def parse_space(raw: Any) -> tuple[Space, ...]:
+    """The `search.space` mapping (nested or dotted keys) as checked Spaces."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("search.space: expected a mapping of config keys to spaces")
+    spaces = tuple(_space(k, v) for k, v in _flatten(raw).items())
+    for s in spaces:
+        _check_key(s.key)
+    return spaces
+
+
+def _space(key: str, raw: Mapping[str, Any]) -> Space:
+    where = f"search.space.{key}"
+    kinds = [k for k in raw if k in KINDS]
+    extra = [k for k in raw if k not in (*KINDS, "log", "step")]
+    if len(kinds) != 1 or extra:
+        bad = extra[0] if extra else ", ".join(kinds) or "nothing"
+        raise ConfigError(
+            f"{where}: expected one of {', '.join(KINDS)} (+ log, step for ranges), got {bad}"
+        )
+    kind = kinds[0]
+    values = raw[kind]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.{kind}: expected a list, got {values!r}")
+    log, step = raw.get("log", kind == "log_uniform"), raw.get("step")
+    if kind == "choice":
+        if "log" in raw or step is not None:
+            raise ConfigError(f"{where}: log and step are for ranges, not a choice")
+        if len(set(map(repr, map(label, values)))) != len(values):
+            raise ConfigError(f"{where}.choice: the choices must differ, got {values!r}")
+        return Space(key, kind, tuple(values))
+    number = int if kind == "int" else (int, float)
+    if len(values) != 2 or not all(
+        isinstance(v, number) and not isinstance(v, bool) for v in values
+    ):
+        what = "integers" if kind == "int" else "numbers"
+        raise ConfigError(f"{where}.{kind}: expected [low, high] {what}, got {values!r}")
+    low, high = values
+    if not low < high:
+        raise ConfigError(f"{where}.{kind}: low must be < high, got {values!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0, got {values!r}")
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, number) or step <= 0 or log
+    ):
+        raise ConfigError(f"{where}.step: expected a number > 0 on a linear scale, got {step!r}")
+    if kind != "int":
+        low, high = float(low), float(high)
+    return Space(key, kind, (low, high), log=log, step=step)
+
+
+def _check_key(key: str) -> None:
+    """A searched key must name a config section's field, or a component's argument."""
+    node: Any = Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            where = ".".join(parts[:depth]) or "the config"
+            raise ConfigError(
+                f"search.space.{key}: {part!r} is not a key of {where}; valid: {', '.join(names)}"
+            )
+        node = typing.get_type_hints(node)[part]
+        if node is Component or not dataclasses.is_dataclass(node):
+            break  # a component takes any of its class's arguments, checked per trial
+    if key in ("train.output", "train"):
+        raise ConfigError(f"search.space.{key}: each trial's output is set by tune")
+
+
+def _flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Mapping[str, Any]]:
+    """`{optim: {lr: {...}}}` and `{optim.lr: {...}}` are the same space."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"search.space.{full}: expected a mapping like {{choice: [...]}}")
+        if not value or not all(isinstance(v, Mapping) for v in value.values()):
+            out[full] = value
+        else:
+            out.update(_flatten(value, full))
+    return out
