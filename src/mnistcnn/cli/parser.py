@@ -1,13 +1,10 @@
-"""The argument parser: one function per command adds that command's arguments.
-
-`build_parser` wires each command to its handler in `commands`; every flag says what it does.
-"""
+"""The argument parser: one function per command adds its arguments, each saying what it does;
+command NAME runs `commands.cmd_NAME`."""
 
 from __future__ import annotations
 
 import argparse
 from argparse import ArgumentParser
-from collections.abc import Callable
 from typing import Any
 
 from mnistcnn import __version__
@@ -17,7 +14,6 @@ DEVICE = "auto, cpu, cuda, cuda:N or mps"
 JSON = "print the {} as JSON"
 MODEL = "models/cnn.pth"  # predict's and serve's model when no -m is given
 Commands = argparse._SubParsersAction
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _positive_int(text: str) -> int:
@@ -41,10 +37,10 @@ def _probability(text: str) -> float:
     return value
 
 
-def _command(sub: Commands, name: str, handler: Handler, help: str) -> ArgumentParser:
-    """A subcommand that runs `handler(args)`."""
+def _command(sub: Commands, name: str, help: str, handler: str = "") -> ArgumentParser:
+    """A subcommand that runs `commands.cmd_<handler or name>(args)`."""
     p = sub.add_parser(name, help=help)
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=getattr(commands, f"cmd_{handler or name}"))
     return p
 
 
@@ -69,7 +65,7 @@ def _config_args(p: ArgumentParser) -> None:
 
 
 def _train(sub: Commands) -> None:
-    p = _command(sub, "train", commands.cmd_train, "train a model from a YAML config")
+    p = _command(sub, "train", "train a model from a YAML config")
     _config_args(p)
     _opt(p, "--device DEVICE", f"{DEVICE} (train.device)")
     _opt(p, "--output -o PTH", "where to save the model (train.output)")
@@ -100,8 +96,7 @@ def _model_on_mnist_args(p: ArgumentParser, json_help: str) -> None:
 
 
 def _eval(sub: Commands) -> None:
-    about = "test-set accuracy and per-class metrics of a model"
-    p = _command(sub, "eval", commands.cmd_eval, about)
+    p = _command(sub, "eval", "test-set accuracy and per-class metrics of a model")
     _model_on_mnist_args(p, JSON.format("report"))
     _opt(p, "--save-confusion PNG", "also draw the confusion matrix as a PNG")
     _opt(p, "--tta", "also measure test-time augmentation (logits averaged over 7 small moves)")
@@ -110,16 +105,12 @@ def _eval(sub: Commands) -> None:
         "CPUs, but a few borderline answers may differ from the float32 ones"
     )
     _opt(p, "--amp", amp)
-
-
-def _calibrate(sub: Commands) -> None:
     about = "fit the temperature on the validation split and store it in the model"
-    p = _command(sub, "calibrate", commands.cmd_calibrate, about)
-    _model_on_mnist_args(p, JSON.format("result"))
+    _model_on_mnist_args(_command(sub, "calibrate", about), JSON.format("result"))
 
 
 def _predict(sub: Commands) -> None:
-    p = _command(sub, "predict", commands.cmd_predict, "classify image files of handwritten digits")
+    p = _command(sub, "predict", "classify image files of handwritten digits")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     model = "a .pth model, or an .onnx one (default models/cnn.pth)"
     _opt(p, "--model -m MODEL.pth", model, default=MODEL)
@@ -144,16 +135,14 @@ def _predict(sub: Commands) -> None:
 
 
 def _serve(sub: Commands) -> None:
-    about = "web page and HTTP API: draw a digit, see the prediction"
-    p = _command(sub, "serve", commands.cmd_serve, about)
+    p = _command(sub, "serve", "web page and HTTP API: draw a digit, see the prediction")
     _opt(p, "--model -m MODEL.pth", "the model to serve (default models/cnn.pth)", default=MODEL)
     _opt(p, "--host HOST", "address to listen on (default: loopback only)", default="127.0.0.1")
     _opt(p, "--port PORT", "TCP port (0: any free one)", type=int, default=8000)
 
 
 def _export(sub: Commands) -> None:
-    about = "write a model as ONNX or TorchScript (fused, int8)"
-    p = _command(sub, "export", commands.cmd_export, about)
+    p = _command(sub, "export", "write a model as ONNX or TorchScript (fused, int8)")
     p.add_argument("model", metavar="MODEL.pth", help="the model to export")
     _opt(p, "--format -f", "the file format", required=True, choices=("onnx", "torchscript"))
     _opt(p, "--output -o OUT", "file to write", required=True)
@@ -166,23 +155,18 @@ def _export(sub: Commands) -> None:
 
 
 def _report(sub: Commands) -> None:
-    p = _command(sub, "report", commands.cmd_report, "a run's pictures (PNG) and one report.html")
+    p = _command(sub, "report", "a run's pictures (PNG) and one report.html")
     p.add_argument("run", metavar="RUN_DIR_OR_MODEL", help="a run folder or a model .pth")
     _opt(p, "--output -o DIR", "where to write (default RUN/report/)")
     _opt(p, "--data-dir DIR", "MNIST/raw/ folder (default: the run's)")
-
-
-def _compare(sub: Commands) -> None:
-    about = "a table of runs and their validation curves overlaid"
-    p = _command(sub, "compare", commands.cmd_compare, about)
+    p = _command(sub, "compare", "a table of runs and their validation curves overlaid")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model .pth files")
     _opt(p, "--plot PNG", "the overlay (default compare.png)", default="compare.png")
     _opt(p, "--json", JSON.format("table"))
 
 
 def _tune(sub: Commands) -> None:
-    about = "hyperparameter search with Optuna (resumable, parallel)"
-    p = _command(sub, "tune", commands.cmd_tune, about)
+    p = _command(sub, "tune", "hyperparameter search with Optuna (resumable, parallel)")
     _opt(p, "--config -c YAML", "a training config + search section", required=True)
     sets = "override a key, e.g. --set train.threads=1 or --set search.n_trials=30"
     _opt(p, "--set KEY=VALUE", sets, action="append", default=[])
@@ -198,17 +182,20 @@ def _tune(sub: Commands) -> None:
 
 
 def _inspect(sub: Commands) -> None:
-    actions = sub.add_parser("config", help="inspect configs").add_subparsers(
-        dest="config_command", required=True, metavar="ACTION"
-    )
-    p = _command(actions, "show", commands.cmd_config_show, "print the resolved config")
-    _config_args(p)
-    actions = sub.add_parser("model", help="inspect the network a config builds").add_subparsers(
-        dest="model_command", required=True, metavar="ACTION"
-    )
-    layers = "layer table: output shapes and parameter counts"
-    p = _command(actions, "show", commands.cmd_model_show, layers)
-    _config_args(p)
+    """`config show` and `model show`."""
+    for group, about, show in (
+        ("config", "inspect configs", "print the resolved config"),
+        (
+            "model",
+            "inspect the network a config builds",
+            "layer table: output shapes and parameter counts",
+        ),
+    ):
+        actions = sub.add_parser(group, help=about).add_subparsers(
+            dest=f"{group}_command", required=True, metavar="ACTION"
+        )
+        p = _command(actions, "show", show, f"{group}_show")
+        _config_args(p)
     _opt(p, "--json", JSON.format("rows"))
 
 
@@ -219,7 +206,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mnistcnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train, _eval, _calibrate, _predict, _serve, _export, _report, _compare, _tune):
+    for add in (_train, _eval, _predict, _serve, _export, _report, _tune):
         add(sub)
     _inspect(sub)
     return parser
