@@ -1,7 +1,6 @@
-"""One thin handler per command: parsed arguments -> library call -> printed result.
-
-Heavy modules are imported inside the handlers, so `predict` never loads torchvision.
-"""
+"""One thin handler per command: parsed arguments -> library call -> printed result (results on
+stdout; notes and per-file errors on stderr). Heavy modules are imported inside the handlers, so
+`predict` never loads torchvision."""
 
 from __future__ import annotations
 
@@ -9,13 +8,23 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mnistcnn.cli import output
-from mnistcnn.cli.output import print_json, stderr, stdout
 from mnistcnn.errors import ConfigError, MnistCnnError
+
+
+def stdout(text: str) -> None:
+    print(text, flush=True)
+
+
+def stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -66,7 +75,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
     if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
-    print_json(result) if args.json else stdout(output.train_summary(result))
+    if args.json:
+        print_json(result)
+        return 0
+    stdout(
+        f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})\n"
+        f"temperature {result['temperature']:.4f}: validation ECE "
+        f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
+        f"saved {result['model']}"
+    )
     return 0
 
 
@@ -117,8 +134,52 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**fitted, "split": split, "model": args.model})
     else:
-        stdout(output.calibrate_summary(fitted, split, args.model))
+        stdout(
+            f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}"
+            f"), fitted on {split}\nvalidation ECE {100 * fitted['val_ece']:.2f} % -> "
+            f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
+        )
     return 0
+
+
+def _note_uncalibrated(calibrated: bool, results: list, model: str) -> None:
+    """After any answer from a model without a temperature: say its p is not calibrated."""
+    if not calibrated and any(not p.error for p in results):
+        stderr(
+            f"mnistcnn: note: {model} has no stored temperature, so its probabilities are the "
+            f"raw softmax (uncalibrated); store one with: mnistcnn calibrate {model}"
+        )
+
+
+def _confidence(p: Any) -> str:
+    """`(p=0.981)`, or `(p=0.412, low confidence)` under --min-confidence."""
+    return f"(p={p.probability:.3f}{', low confidence' if p.low_confidence else ''})"
+
+
+def _label_line(p: Any) -> str:
+    others = "  ".join(f"{k} ({v:.3f})" for k, v in p.top[1:])
+    return f"{p.path}: {p.label}  {_confidence(p)}  {others}".rstrip()
+
+
+def _number_line(p: Any) -> str:
+    """The number, then per digit `7 (0.981)`, or with --top-k `7 (0.981; 1 0.012; 2 0.004)`."""
+    digits = "  ".join(
+        f"{top[0][0]} ({top[0][1]:.3f}{''.join(f'; {k} {v:.3f}' for k, v in top[1:])})"
+        for top in p.digits
+    )
+    return f"{p.path}: {p.number}  {_confidence(p)}  {digits}"
+
+
+def _show(found: Iterable[Any], as_json: bool, line: Callable[[Any], str]) -> list:
+    """Print each answer as it comes (errors on stderr); collect them all."""
+    results = []
+    for p in found:
+        results.append(p)
+        if p.error:
+            stderr(f"mnistcnn: error: {p.error}")
+        elif not as_json:
+            stdout(line(p))
+    return results
 
 
 def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
@@ -143,8 +204,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from mnistcnn.checkpoint import load_model
         from mnistcnn.predict.classify import classifier
-        from mnistcnn.predict.number import predict_numbers
         from mnistcnn.temperature import stored_temperatures
+        from mnistcnn.predict.number import predict_numbers
 
         model = load_model(args.model)
         calibrated = stored_temperatures(model.meta) is not None
@@ -161,14 +222,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classify = model.probabilities if onnx else classifier(model, args.tta)
         labels = model.labels if onnx else DIGITS
         found = predict_paths(classify, args.images, labels=labels, **options)
-    results = output.show(found, args.json, output.number_line if args.multi else output.label_line)
-    output.note_uncalibrated(calibrated, results, args.model)
+    results = _show(found, args.json, _number_line if args.multi else _label_line)
+    _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
         from mnistcnn.predict.explain import explain_predictions
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             stderr(f"saved {path}")
-    return output.finish(results, args.images, args.json)
+    if not results:
+        raise MnistCnnError(f"no image files found in {', '.join(args.images)}")
+    if args.json:
+        print_json([dataclasses.asdict(p) for p in results])
+    return 1 if any(p.error for p in results) else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,9 +1,5 @@
-"""Matplotlib figures of a run: curves, schedule, confusion, mistakes, kernels, feature maps.
-
-Each function returns a `matplotlib.figure.Figure` of a fixed pixel size (`SIZES`, at `DPI`),
-built without pyplot (no global state, no GUI backend). `save` writes a PNG; `to_rgb` renders
-one for TensorBoard. Nothing here reads files or imports torchvision.
-"""
+"""Matplotlib figures of a run, each of a fixed pixel size (`SIZES` at `DPI`), built without
+pyplot (no global state, no GUI backend); `save` writes a PNG, `to_rgb` renders for TensorBoard."""
 
 from __future__ import annotations
 
@@ -48,6 +44,12 @@ def _figure(name: str) -> Figure:
     return fig
 
 
+def _per_epoch(ax: Any, title: str) -> None:
+    ax.set(title=title, xlabel="epoch")
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as a PNG of exactly its pixel size."""
     path = Path(path)
@@ -80,10 +82,8 @@ def curves(rows: Rows, steps: Rows = ()) -> Figure:
         train, val = (scale * _column(rows, f"{s}_{key}") for s in ("train", "val"))
         ax.plot(epochs, train, "o-", color=TRAIN, label="train (epoch mean)")
         ax.plot(epochs, val, "s-", color=VAL, label="validation")
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
+        _per_epoch(ax, title)
         ax.legend()
-        ax.xaxis.get_major_locator().set_params(integer=True)
     best = int(np.argmax(_column(rows, "val_accuracy")))
     acc, arrow = 100 * float(rows[best]["val_accuracy"]), {"arrowstyle": "->", "color": VAL}
     where = {"xytext": (-12, -36), "textcoords": "offset points", "ha": "right"}
@@ -189,8 +189,7 @@ def feature_maps(image: np.ndarray, maps: Sequence[tuple[str, np.ndarray]], capt
 
 
 def explain(image: np.ndarray, heat: np.ndarray, label: int, probability: float) -> Figure:
-    """What the model saw, the occlusion map (red: pixels for the answer, blue: against) and
-    the two overlaid."""
+    """What the model saw, the occlusion map (red: for the answer, blue: against), both overlaid."""
     fig = _figure("explain")
     titles = ("what the model saw (28x28)", f"occlusion: drop in p({label})", "overlay")
     axes = [
@@ -214,9 +213,7 @@ def compare(runs: Mapping[str, Rows]) -> Figure:
         epochs = _column(rows, "epoch")
         (line,) = loss_ax.plot(epochs, _column(rows, "val_loss"), "o-", ms=5, label=name)
         acc_ax.plot(epochs, 100 * _column(rows, "val_accuracy"), "o-", ms=5, color=line.get_color())
-    for ax, title in ((loss_ax, "Validation loss"), (acc_ax, "Validation accuracy (%)")):
-        ax.set(title=title, xlabel="epoch")
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    _per_epoch(loss_ax, "Validation loss")
+    _per_epoch(acc_ax, "Validation accuracy (%)")
     loss_ax.legend(fontsize=8)
     return fig

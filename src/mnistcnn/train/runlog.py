@@ -1,9 +1,6 @@
-"""The run folder (`runs/<name>-<time>/`) and its TensorBoard event files.
-
-It holds the resolved config, per-step and per-epoch scalars (steps.csv, metrics.csv, also sent
-to TensorBoard), a copy of the best model and, at the end, the test set's confusion matrix and
-worst mistakes. Without tensorboard only the files; with `train.run_dir: null` nothing.
-"""
+"""The run folder (`runs/<name>-<time>/`: config, steps.csv, metrics.csv, best model) and its
+TensorBoard events (also the test set's confusion matrix and worst mistakes); without tensorboard
+only the files, with `train.run_dir: null` nothing."""
 
 from __future__ import annotations
 
@@ -13,15 +10,15 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mnistcnn import config as config_mod
 from mnistcnn import files
-from mnistcnn.config import Config
 from mnistcnn.data import to_float
 from mnistcnn.errors import MnistCnnError
 
@@ -45,16 +42,7 @@ def _new_folder(parent: Path, name: str) -> Path:
     raise MnistCnnError(f"too many runs named {name}-{stamp} in {parent}")
 
 
-def _summary_writer(folder: Path, purge_step: int | None) -> Any:
-    """A SummaryWriter, or None when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
-
-
-def _belongs(run_dir: str | None, cfg: Config) -> bool:
+def _belongs(run_dir: str | None, cfg: config_mod.Config) -> bool:
     """Is `run_dir` the folder of this very run (not of a checkpoint copied from elsewhere)?"""
     if not run_dir or not (Path(run_dir) / files.RUN_CONFIG).is_file():
         return False
@@ -62,17 +50,17 @@ def _belongs(run_dir: str | None, cfg: Config) -> bool:
     return isinstance(recorded, dict) and recorded.get("output") == cfg.train.output
 
 
+@dataclass
 class RunLog:
     """One training run's folder and TensorBoard writer (`folder` is None when disabled)."""
 
-    def __init__(self, folder: Path | None, writer: Any, steps: list[dict[str, Any]]) -> None:
-        self.folder = folder
-        self.writer = writer
-        self.steps = steps
-        self._norms: list[float] = []
+    folder: Path | None
+    writer: Any
+    steps: list[dict[str, Any]]
+    _norms: list[float] = field(default_factory=list)
 
     @classmethod
-    def open(cls, cfg: Config, *, resume: dict[str, Any] | None = None) -> RunLog:
+    def open(cls, cfg: config_mod.Config, *, resume: dict[str, Any] | None = None) -> RunLog:
         """Create (or, resuming, reopen) the run folder and write the resolved config."""
         if not cfg.train.run_dir:
             return cls(None, None, [])
@@ -88,7 +76,12 @@ class RunLog:
             name = cfg.train.run_name or Path(cfg.train.output).stem
             folder = _new_folder(Path(cfg.train.run_dir), name)
         files.atomic_write_text(folder / files.RUN_CONFIG, config_mod.dump(cfg))
-        writer = _summary_writer(folder, purge)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            writer = None
+        else:
+            writer = SummaryWriter(log_dir=str(folder), purge_step=purge)
         see = f"tensorboard --logdir {folder.parent}" if writer else ENABLE_HINT
         log.info(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
         if writer is not None:
@@ -96,7 +89,7 @@ class RunLog:
             writer.add_text("config", text)
         return cls(folder, writer, steps)
 
-    def graph(self, model: nn.Module, example: torch.Tensor) -> None:
+    def graph(self, model: nn.Module, example: Tensor) -> None:
         """Add the model graph, traced on a copy in eval mode (BatchNorm statistics stay put)."""
         if self.writer is None:
             return
@@ -150,9 +143,7 @@ class RunLog:
                 target = self.folder / files.RUN_MODEL
                 files.atomic_write(target, lambda f: shutil.copyfileobj(src, f))
 
-    def finish(
-        self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, meta: dict
-    ) -> None:
+    def finish(self, images: Tensor, labels: Tensor, logits: Tensor, meta: dict) -> None:
         """Add the test set's confusion matrix and most confident mistakes to TensorBoard."""
         if self.writer is None:
             return
@@ -174,7 +165,6 @@ class RunLog:
                 self.writer.add_scalar(f"final/{key}", meta[key], 0)
 
     def close(self) -> None:
-        """Flush and close the event file."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
