@@ -15,9 +15,10 @@ DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 FREEZE = ("none", "features")  # what `train.freeze` may stop training (see train/transfer.py)
 
 
-def _check(ok: bool, key: str, rule: str) -> None:
+def check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`: a check on user input."""
     if not ok:
-        raise ConfigError(f"{key} {rule}")
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,10 @@ class AugmentConfig:
     ink: float = 0.75  # share of images redrawn as thresholded ink (see data.redraw_ink)
 
     def __post_init__(self) -> None:
-        _check(0 <= self.degrees <= 180, "data.augment.degrees", "must be in [0, 180]")
-        _check(0 <= self.translate < 1, "data.augment.translate", "must be in [0, 1)")
-        _check(0 <= self.scale < 1, "data.augment.scale", "must be in [0, 1)")
-        _check(0 <= self.ink <= 1, "data.augment.ink", "must be in [0, 1]")
+        check(0 <= self.degrees <= 180, "data.augment.degrees must be in [0, 180]")
+        check(0 <= self.translate < 1, "data.augment.translate must be in [0, 1)")
+        check(0 <= self.scale < 1, "data.augment.scale must be in [0, 1)")
+        check(0 <= self.ink <= 1, "data.augment.ink must be in [0, 1]")
 
     @property
     def affine(self) -> bool:
@@ -62,20 +63,18 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _check(1 <= self.val_size < 60000, "data.val_size", "must be in [1, 59999]")
-        _check(self.subset >= 0, "data.subset", "must be >= 0 (0 = the whole training split)")
-        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _check(
+        check(1 <= self.val_size < 60000, "data.val_size must be in [1, 59999]")
+        check(self.subset >= 0, "data.subset must be >= 0 (0 = the whole training split)")
+        check(self.batch_size >= 1, "data.batch_size must be >= 1")
+        check(
             self.eval_batch_size >= 0,
-            "data.eval_batch_size",
-            "must be >= 0 (0 = sized to the CPU's caches, 1000 on a GPU)",
+            "data.eval_batch_size must be >= 0 (0 = sized to the CPU's caches, 1000 on a GPU)",
         )
-        _check(self.std > 0, "data.std", "must be > 0")
-        _check(
+        check(self.std > 0, "data.std must be > 0")
+        check(
             not (self.invert and self.augment.active),
-            "data.invert",
-            "needs data.augment.degrees, translate, scale and ink at 0 (augmentation assumes "
-            "a black background)",
+            "data.invert needs data.augment.degrees, translate, scale and ink at 0 (augmentation "
+            "assumes a black background)",
         )
 
 
@@ -112,23 +111,21 @@ class TrainConfig:
     freeze: str = "none"
 
     def __post_init__(self) -> None:
-        _check(self.freeze in FREEZE, "train.freeze", f"must be one of {', '.join(FREEZE)}")
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _check(self.dist_timeout > 0, "train.dist_timeout", "must be > 0 (seconds)")
-        _check(self.threads >= 0, "train.threads", "must be >= 0 (0 = torch's default)")
-        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
-        _check(
+        check(self.freeze in FREEZE, f"train.freeze must be one of {', '.join(FREEZE)}")
+        check(self.epochs >= 1, "train.epochs must be >= 1")
+        check(self.dist_timeout > 0, "train.dist_timeout must be > 0 (seconds)")
+        check(self.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+        check(self.log_every >= 1, "train.log_every must be >= 1")
+        check(
             re.fullmatch(DEVICE_PATTERN, self.device) is not None,
-            "train.device",
-            f"must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}",
+            f"train.device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}",
         )
-        _check(self.output.endswith(".pth"), "train.output", "must end with .pth")
-        _check(
+        check(self.output.endswith(".pth"), "train.output must end with .pth")
+        check(
             self.run_name is None or re.fullmatch(r"[\w.-]+", self.run_name) is not None,
-            "train.run_name",
-            f"must be a folder name (letters, digits, . _ -), not {self.run_name!r}",
+            f"train.run_name must be a folder name (letters, digits, . _ -), not {self.run_name!r}",
         )
-        _check(self.run_name not in (".", ".."), "train.run_name", "must not be . or ..")
+        check(self.run_name not in (".", ".."), "train.run_name must not be . or ..")
 
 
 @dataclass(frozen=True)

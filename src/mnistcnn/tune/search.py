@@ -12,15 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistcnn.config import (
-    Component,
-    Config,
-    build,
-    merge,
-    parse_overrides,
-    read_yaml_file,
-    replace_config,
-)
+from mnistcnn.config.build import build, merge, parse_overrides, read_yaml_file, replace_config
+from mnistcnn.config.schema import Component, Config, check
 from mnistcnn.errors import ConfigError
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
@@ -85,18 +78,23 @@ class SearchConfig:
         for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS)):
             if (value := getattr(self, key)) not in valid:
                 raise ConfigError(f"search.{key}: unknown {value!r}; valid: {', '.join(valid)}")
-        if not self.space:
-            raise ConfigError("search.space: name at least one key to search")
-        if not self.study or not all(c.isalnum() or c in "._-" for c in self.study):
-            raise ConfigError(f"search.study: must be a folder name, not {self.study!r}")
-        if self.n_trials is not None and self.n_trials < 1:
-            raise ConfigError("search.n_trials must be >= 1 (or null: until the timeout)")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError("search.timeout must be > 0 seconds (or null)")
-        if self.n_trials is None and self.timeout is None and self.sampler != "grid":
-            raise ConfigError("search: set n_trials and/or timeout (a budget for the study)")
-        if self.startup_trials < 0 or self.min_epochs < 1:
-            raise ConfigError("search.startup_trials must be >= 0 and search.min_epochs >= 1")
+        check(bool(self.space), "search.space: name at least one key to search")
+        folder = bool(self.study) and all(c.isalnum() or c in "._-" for c in self.study)
+        check(folder, f"search.study: must be a folder name, not {self.study!r}")
+        n_trials, timeout = self.n_trials, self.timeout
+        check(
+            n_trials is None or n_trials >= 1,
+            "search.n_trials must be >= 1 (or null: until the timeout)",
+        )
+        check(timeout is None or timeout > 0, "search.timeout must be > 0 seconds (or null)")
+        check(
+            n_trials is not None or timeout is not None or self.sampler == "grid",
+            "search: set n_trials and/or timeout (a budget for the study)",
+        )
+        check(
+            self.startup_trials >= 0 and self.min_epochs >= 1,
+            "search.startup_trials must be >= 0 and search.min_epochs >= 1",
+        )
         ranges = [s.key for s in self.space if s.kind != "choice"]
         if self.sampler == "grid" and ranges:
             raise ConfigError(
@@ -152,16 +150,11 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
     return TuneConfig(base, build(SearchConfig, search, "search"))
 
 
-def trial_config(
-    tune: TuneConfig, params: Mapping[str, Any], output: str | Path, extra: Iterable[str] = ()
-) -> Config:
-    """The base config with a trial's parameters (+ `extra` sets) as one `--set` layer."""
-    spaces = {s.key: s for s in tune.search.space}
-    sets = [
-        f"{k}={json.dumps(spaces[k].value(v) if k in spaces else v)}" for k, v in params.items()
-    ]
-    sets += [f"train.output={json.dumps(str(output))}", *extra]
-    return replace_config(tune.base, sets)
+def trial_config(tune: TuneConfig, params: Mapping[str, Any], output: str | Path) -> Config:
+    """The base config with a trial's parameters (as the study stores them) as one `--set` layer."""
+    decode = {s.key: s.value for s in tune.search.space}
+    sets = [f"{k}={json.dumps(decode[k](v) if k in decode else v)}" for k, v in params.items()]
+    return replace_config(tune.base, [*sets, f"train.output={json.dumps(str(output))}"])
 
 
 def parse_space(raw: Any) -> tuple[Space, ...]:
@@ -185,32 +178,30 @@ def _space(key: str, raw: Mapping[str, Any]) -> Space:
         )
     kind = kinds[0]
     values = raw[kind]
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where}.{kind}: expected a list, got {values!r}")
+    check(isinstance(values, list) and values, f"{where}.{kind}: expected a list, got {values!r}")
     log, step = raw.get("log", kind == "log_uniform"), raw.get("step")
     if kind == "choice":
-        if "log" in raw or step is not None:
-            raise ConfigError(f"{where}: log and step are for ranges, not a choice")
-        if len(set(map(repr, map(label, values)))) != len(values):
-            raise ConfigError(f"{where}.choice: the choices must differ, got {values!r}")
+        check(
+            "log" not in raw and step is None, f"{where}: log and step are for ranges, not a choice"
+        )
+        unique = len(set(map(repr, map(label, values)))) == len(values)
+        check(unique, f"{where}.choice: the choices must differ, got {values!r}")
         return Space(key, kind, tuple(values))
     number = int if kind == "int" else (int, float)
-    if len(values) != 2 or not all(
+    what = "integers" if kind == "int" else "numbers"
+    pair = len(values) == 2 and all(
         isinstance(v, number) and not isinstance(v, bool) for v in values
-    ):
-        what = "integers" if kind == "int" else "numbers"
-        raise ConfigError(f"{where}.{kind}: expected [low, high] {what}, got {values!r}")
+    )
+    check(pair, f"{where}.{kind}: expected [low, high] {what}, got {values!r}")
     low, high = values
-    if not low < high:
-        raise ConfigError(f"{where}.{kind}: low must be < high, got {values!r}")
-    if not isinstance(log, bool):
-        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: a log scale needs low > 0, got {values!r}")
-    if step is not None and (
-        isinstance(step, bool) or not isinstance(step, number) or step <= 0 or log
-    ):
-        raise ConfigError(f"{where}.step: expected a number > 0 on a linear scale, got {step!r}")
+    check(low < high, f"{where}.{kind}: low must be < high, got {values!r}")
+    check(isinstance(log, bool), f"{where}.log: expected true or false, got {log!r}")
+    check(not log or low > 0, f"{where}: a log scale needs low > 0, got {values!r}")
+    good_step = isinstance(step, number) and not isinstance(step, bool) and step > 0 and not log
+    check(
+        step is None or good_step,
+        f"{where}.step: expected a number > 0 on a linear scale, got {step!r}",
+    )
     if kind != "int":
         low, high = float(low), float(high)
     return Space(key, kind, (low, high), log=log, step=step)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mnistcnn.config.build import replace_config
 from mnistcnn.errors import ConfigError, MnistCnnError
 from mnistcnn.tune.report import StudyReport, counts, finished, study_report
 from mnistcnn.tune.search import TuneConfig, trial_config
@@ -42,13 +43,13 @@ def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
     search, url = tune.search, tune.search.storage_url()
     search.run_dir().mkdir(parents=True, exist_ok=True)
     # Several processes write one SQLite file: wait up to a minute for a lock, not 5 s.
-    kwargs = (
-        {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
-    )
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
         # A worker that dies without a word (SIGKILL, a lost machine) leaves its trial RUNNING;
         # the heartbeat lets the next trial mark it failed after the grace period.
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120, **kwargs)
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120
+        )
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"storage {url.split(':', 1)[0]} needs the {exc.name} driver (pip install it)"
@@ -74,18 +75,17 @@ def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
         pruner = pruners.HyperbandPruner(min_resource=search.min_epochs, max_resource=epochs)
     else:
         pruner = pruners.NopPruner()
-    if create:
-        with contextlib.suppress(KeyError):  # KeyError: a new study
-            directions = storage.get_study_directions(storage.get_study_id_from_name(search.study))
-            if [d.name.lower() for d in directions] != [search.direction]:
-                raise ConfigError(
-                    f"study {search.study!r} in {url} does not {search.direction} "
-                    f"(search.metric {search.metric}); use another search.study"
-                )
     kwargs = {"study_name": search.study, "storage": storage, "sampler": sampler, "pruner": pruner}
-    if create:
-        return optuna.create_study(**kwargs, direction=search.direction, load_if_exists=True)
-    return optuna.load_study(**kwargs)
+    if not create:
+        return optuna.load_study(**kwargs)
+    with contextlib.suppress(KeyError):  # KeyError: a new study
+        directions = storage.get_study_directions(storage.get_study_id_from_name(search.study))
+        if [d.name.lower() for d in directions] != [search.direction]:
+            raise ConfigError(
+                f"study {search.study!r} in {url} does not {search.direction} "
+                f"(search.metric {search.metric}); use another search.study"
+            )
+    return optuna.create_study(**kwargs, direction=search.direction, load_if_exists=True)
 
 
 class CtrlC:
@@ -180,7 +180,7 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
             try:
                 with ctrl_c.interruptible():
                     # No run folder (TensorBoard log, model copies) per trial: the study has one.
-                    cfg = trial_config(tune, params, output, ["train.run_dir=null"])
+                    cfg = replace_config(trial_config(tune, params, output), ["train.run_dir=null"])
                     result = fit(cfg, overwrite=True, progress=False, on_epoch=report)
             except KeyboardInterrupt:
                 trial.set_user_attr("interrupted", True)
@@ -205,36 +205,27 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
     return run
 
 
-def _stop_at_budget(n_trials: int | None) -> Callable[[Any, Any], None]:
-    """Stop a worker once the study holds `n_trials` finished or running trials (any machine)."""
-
-    def callback(study: Any, trial: Any) -> None:
-        found = counts(study)
-        if n_trials is not None and finished(found) + found["running"] >= n_trials:
-            study.stop()
-
-    return callback
-
-
 def _worker(
-    tune: TuneConfig,
-    worker: int,
-    seed: int,
-    n_trials: int | None,
-    jobs: int,
-    quiet: bool,
-    ctrl_c: CtrlC | None = None,
+    tune: TuneConfig, seed: int, n_trials: int | None, jobs: int, quiet: bool, ctrl_c: CtrlC | None
 ) -> None:
-    """One process's share of the study: `n_trials` trials (None: until the timeout)."""
+    """One process's share of the study: `n_trials` trials (None: until the timeout). A child
+    process gets no `ctrl_c` and makes its own."""
     import torch
 
     import_optuna().logging.set_verbosity(logging.WARNING if quiet else logging.INFO)
-    if worker:  # a child process: its trials' lines go to stderr, as the parent's do
+    if ctrl_c is None:  # a child process: its trials' lines go to stderr, as the parent's do
         logger = logging.getLogger("mnistcnn")
         logger.addHandler(logging.StreamHandler())
         logger.setLevel(logging.INFO)
     if not tune.base.train.threads:  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    budget = tune.search.n_trials
+
+    def stop_at_budget(study: Any, trial: Any) -> None:  # workers on any machine fill it
+        found = counts(study)
+        if budget is not None and finished(found) + found["running"] >= budget:
+            study.stop()
+
     study = open_study(tune, seed)
     try:
         with contextlib.nullcontext(ctrl_c) if ctrl_c else CtrlC() as interrupts:
@@ -242,12 +233,12 @@ def _worker(
                 objective(tune, interrupts, quiet),
                 n_trials=n_trials,
                 timeout=tune.search.timeout,
-                callbacks=[_stop_at_budget(tune.search.n_trials), interrupts.stop_study],
+                callbacks=[stop_at_budget, interrupts.stop_study],
                 catch=(RuntimeError,),
             )
             interrupts.check()
     except KeyboardInterrupt:
-        if worker:  # a child: the parent reports the interruption
+        if ctrl_c is None:  # a child: the parent reports the interruption
             raise SystemExit(130) from None
         raise
 
@@ -271,10 +262,10 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
         + (f", {remaining} to run" if remaining is not None else "")
         + f" on {jobs} process{'es' if jobs > 1 else ''}"
     )
-    if remaining is None:
-        shares = [None] * jobs
-    else:
-        shares = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
+    shares = [
+        None if remaining is None else remaining // jobs + (i < remaining % jobs)
+        for i in range(jobs)
+    ]
     # Seeds differ per worker and per resumption, or two workers would draw the same trials.
     started = len(study.get_trials(deepcopy=False))
     seeds = [
@@ -283,7 +274,9 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
     ]
     ctx = multiprocessing.get_context("spawn")  # fork and torch's threads do not mix
     children = [
-        ctx.Process(target=_worker, args=(tune, i, seeds[i], share, jobs, quiet), name=f"tune-{i}")
+        ctx.Process(
+            target=_worker, args=(tune, seeds[i], share, jobs, quiet, None), name=f"tune-{i}"
+        )
         for i, share in enumerate(shares)
         if i and share != 0
     ]
@@ -292,7 +285,7 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
             for p in children:
                 p.start()
             if shares[0] != 0:
-                _worker(tune, 0, seeds[0], shares[0], jobs, quiet, ctrl_c)
+                _worker(tune, seeds[0], shares[0], jobs, quiet, ctrl_c)
             for p in children:
                 p.join()
             ctrl_c.check()
