@@ -1,6 +1,5 @@
 """A Config from layers of plain data (defaults < YAML file < `--set`) and back to YAML; the
-torch classes a component may name. Bad keys, names and types raise ConfigError.
-"""
+torch classes a component may name. Bad keys, names and types raise ConfigError."""
 
 from __future__ import annotations
 
@@ -15,18 +14,19 @@ from typing import Any
 
 import yaml
 
-from mnistcnn.config.schema import Component, Config
+from mnistcnn.config.schema import Component, Config, check
 from mnistcnn.errors import ConfigError
 
 # Losses that take (logits, class indices), the only pair the training loop produces.
 LOSSES = ("CrossEntropyLoss", "MultiMarginLoss")
 
 
-def _torch_classes(module: types.ModuleType, base: type) -> dict[str, type]:
+def _torch_classes(module: types.ModuleType, base: type, drop: tuple[str, ...]) -> dict:
     return {
         name: obj
         for name, obj in vars(module).items()
-        if isinstance(obj, type) and issubclass(obj, base) and obj is not base and name[0] != "_"
+        if isinstance(obj, type) and issubclass(obj, base) and obj is not base
+        if name[0] != "_" and name not in drop
     }
 
 
@@ -34,22 +34,18 @@ def optimizers() -> dict[str, type]:
     """Every optimizer class in `torch.optim`, by name."""
     import torch
 
-    found = _torch_classes(torch.optim, torch.optim.Optimizer)
     # LBFGS needs a loss closure per step and SparseAdam sparse gradients: neither fits a CNN loop.
-    for name in ("LBFGS", "SparseAdam"):
-        found.pop(name, None)
-    return found
+    return _torch_classes(torch.optim, torch.optim.Optimizer, ("LBFGS", "SparseAdam"))
 
 
 def schedulers() -> dict[str, type]:
     """Every LR scheduler class in `torch.optim.lr_scheduler` usable from a config, by name."""
     from torch.optim import lr_scheduler
 
-    found = _torch_classes(lr_scheduler, lr_scheduler.LRScheduler)
-    found["ReduceLROnPlateau"] = lr_scheduler.ReduceLROnPlateau
     # These wrap other scheduler objects or Python callables, which YAML cannot express.
-    for name in ("SequentialLR", "ChainedScheduler", "LambdaLR", "MultiplicativeLR"):
-        found.pop(name, None)
+    drop = ("SequentialLR", "ChainedScheduler", "LambdaLR", "MultiplicativeLR")
+    found = _torch_classes(lr_scheduler, lr_scheduler.LRScheduler, drop)
+    found["ReduceLROnPlateau"] = lr_scheduler.ReduceLROnPlateau
     return found
 
 
@@ -87,27 +83,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp) or (tp if tp in (tuple, list) else None)
     if tp is Any:
         return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
+    if origin in (typing.Union, types.UnionType):  # the schemas' unions are all `X | None`
+        (arg,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else coerce(value, arg, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):  # already built (tune's search spaces)
             return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of keys, got {value!r}")
+        check(isinstance(value, Mapping), f"{key}: expected a mapping of keys, got {value!r}")
         return build(tp, value, key)
     if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        check(isinstance(value, list | tuple), f"{key}: expected a list, got {value!r}")
         item = typing.get_args(tp)[0] if typing.get_args(tp) else Any
         return origin(coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -143,8 +128,7 @@ def _component(key: str, raw: Any) -> Component:
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"{key}.name: expected a name (a string), got {name!r}")
     kwargs = {k: v for k, v in raw.items() if k != "name"}
-    if not all(isinstance(k, str) for k in kwargs):
-        raise ConfigError(f"{key}: keys must be strings")
+    check(all(isinstance(k, str) for k in kwargs), f"{key}: keys must be strings")
     if key == "sched" and name in (None, "none"):
         return Component(None, {})
     if key == "model":
@@ -244,8 +228,7 @@ def read_yaml_file(path: str | Path) -> dict[str, Any]:
     raw = parse_yaml(text, str(path))
     if raw is None:
         return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"a config file must be a mapping of sections ({path})")
+    check(isinstance(raw, dict), f"a config file must be a mapping of sections ({path})")
     return raw
 
 

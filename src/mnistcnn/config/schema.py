@@ -1,6 +1,5 @@
-"""The run configuration as frozen dataclasses, each checking its own values.
-The defaults *are* the base recipe (`configs/base.yaml` spells the same values, with reasons).
-"""
+"""The run configuration as frozen dataclasses, each checking its own values. The defaults
+*are* the base recipe (`configs/base.yaml` spells the same values, with reasons)."""
 
 from __future__ import annotations
 

@@ -7,10 +7,11 @@ import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mnistcnn.config import Config, dump
+from mnistcnn.config.build import dump
 from mnistcnn.files import atomic_write_text
 from mnistcnn.tune.search import TuneConfig, trial_config
 
@@ -76,15 +77,13 @@ def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], lis
     except ImportError as exc:
         return [], [f"no plots: {exc} (pip install 'mnistcnn[tune]')"]
     made, notes = [], []
-    wanted = [
-        ("history.png", vis.plot_optimization_history),
-        ("epochs.png", vis.plot_intermediate_values),
-    ]
+    wanted = {
+        "history.png": vis.plot_optimization_history,
+        "epochs.png": vis.plot_intermediate_values,
+    }
     if importances:
-        wanted.append(
-            ("importances.png", lambda s: vis.plot_param_importances(s, evaluator=_evaluator()))
-        )
-    for name, plot in wanted:
+        wanted["importances.png"] = partial(vis.plot_param_importances, evaluator=_evaluator())
+    for name, plot in wanted.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -99,7 +98,7 @@ def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], lis
     return made, notes
 
 
-def write_best(tune: TuneConfig, trial: Any, path: Path) -> Config:
+def write_best(tune: TuneConfig, trial: Any, path: Path) -> None:
     """The best trial's config as a ready-to-run YAML (its model goes beside it, best.pth)."""
     cfg = trial_config(tune, trial.params, path.with_suffix(".pth"))
     searched = "\n".join(f"#   {k}: {json.dumps(v)}" for k, v in trial.params.items())
@@ -109,7 +108,6 @@ def write_best(tune: TuneConfig, trial: Any, path: Path) -> Config:
         f"# Train it: mnistcnn train --config {path}\n# Searched values:\n{searched}\n"
     )
     atomic_write_text(path, header + dump(cfg))
-    return cfg
 
 
 def study_report(tune: TuneConfig, study: Any, top_n: int = 5) -> StudyReport:

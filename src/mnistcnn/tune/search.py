@@ -1,6 +1,5 @@
 """A tune file: a training config (every trial's base) plus its `search` section, built with
-config's own `build` and `merge` (the same key and type errors); `search.space` as Spaces.
-"""
+config's own `build` and `merge` (the same key and type errors); `search.space` as Spaces."""
 
 from __future__ import annotations
 
@@ -125,20 +124,17 @@ class TuneConfig:
 
 def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TuneConfig:
     """Defaults < the file's base sections < `--set`; its `search` section < `--set search.*`."""
-    if path is None:
-        raise ConfigError("tune needs --config FILE: a training config plus a search section")
+    check(path is not None, "tune needs --config FILE: a training config plus a search section")
     raw = read_yaml_file(path)
     valid = [f.name for f in dataclasses.fields(Config)] + ["search"]
     for key in raw:
         if key not in valid:
             raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid)} ({path})")
-    if "search" not in raw:
-        raise ConfigError(f"a tune file needs a search section ({path})")
+    check("search" in raw, f"a tune file needs a search section ({path})")
     sets = list(overrides)
     search_sets = [s for s in sets if s.split("=", 1)[0].strip().startswith("search.")]
     search = raw.pop("search") or {}
-    if not isinstance(search, Mapping):
-        raise ConfigError(f"search: expected a mapping of keys, got {search!r}")
+    check(isinstance(search, Mapping), f"search: expected a mapping of keys, got {search!r}")
     search = merge(search, parse_overrides(search_sets).get("search", {}), by_name=False)
     # The file's sections go in as one layer of section-wide sets, so searched and fixed values
     # layer exactly as `--config` + `--set` do (a renamed component drops its old arguments).
@@ -159,8 +155,7 @@ def trial_config(tune: TuneConfig, params: Mapping[str, Any], output: str | Path
 
 def parse_space(raw: Any) -> tuple[Space, ...]:
     """The `search.space` mapping (nested or dotted keys) as checked Spaces."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError("search.space: expected a mapping of config keys to spaces")
+    check(isinstance(raw, Mapping), "search.space: expected a mapping of config keys to spaces")
     spaces = tuple(_space(k, v) for k, v in _flatten(raw).items())
     for s in spaces:
         _check_key(s.key)

@@ -1,6 +1,5 @@
-"""Running a study: its storage (SQLite in the run folder, or a server URL) shared by worker
-processes, each trial a `train.fit`; Ctrl-C stops every worker at a safe point, and the same
-command resumes the study."""
+"""Running a study in its storage (SQLite in the run folder, or a server URL) on worker processes,
+each trial a `train.fit`; Ctrl-C stops every worker at a safe point, the same command resumes."""
 
 from __future__ import annotations
 
@@ -155,8 +154,7 @@ def _trial_lines(number: int, quiet: bool) -> Iterator[None]:
 
 
 def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], float]:
-    """Optuna's objective: one `fit` per trial, its best validation metric the trial's value.
-    A bad combination or a diverged run fails its trial and the study goes on."""
+    """Optuna's objective: one `fit` per trial, its best validation metric the trial's value."""
     from mnistcnn.train import fit
 
     optuna = import_optuna()
