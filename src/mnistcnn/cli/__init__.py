@@ -1,8 +1,6 @@
-"""The `mnistcnn` command: `main(argv) -> int` over `parser` and the handlers in `commands`.
-
-Exit codes: 0 success, 1 a MnistCnnError (one line on stderr), 2 a usage error, 130 Ctrl-C.
-The library's log lines go to stdout, or to stderr with --json and for serve and tune.
-"""
+"""The `mnistcnn` command: `main(argv) -> int`. Exit codes: 0 success, 1 a MnistCnnError (one
+line on stderr), 2 a usage error, 130 Ctrl-C. Log lines go to stdout, or to stderr with --json
+and for serve and tune (their address and trials)."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ from collections.abc import Sequence
 from mnistcnn.cli.parser import build_parser
 from mnistcnn.errors import MnistCnnError
 
-# Commands that log to stderr even without --json (serve's address, tune's trials).
 LOG_TO_STDERR = ("serve", "tune")
 
 

@@ -50,13 +50,6 @@ def _activations(model: nn.Module, images: torch.Tensor) -> list[tuple[str, np.n
     return maps
 
 
-def _first_conv(model: nn.Module) -> nn.Conv2d:
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise MnistCnnError("the model has no convolution layer to draw")
-    return conv
-
-
 def _render(
     model: DigitNet, rows: Rows, steps: Rows, root: str | Path, out: Path
 ) -> dict[str, Path]:
@@ -70,6 +63,9 @@ def _render(
     with torch.inference_mode():  # BatchNorm folded in, as eval does: same logits, less work
         fused = fuse(model.eval())
         logits = torch.cat([fused(batch) for batch in images.split(2000)])
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise MnistCnnError("the model has no convolution layer to draw")
     probs = torch.softmax(logits, 1)
     p = probs[0]
     caption = (
@@ -81,7 +77,7 @@ def _render(
         "lr": figures.learning_rate(rows, steps),
         "confusion": figures.confusion(confusion_matrix(probs.argmax(1), test.labels).numpy()),
         "misclassified": figures.mistakes(images, test.labels, logits),
-        "kernels": figures.kernels(_first_conv(model).weight.detach().numpy()),
+        "kernels": figures.kernels(conv.weight.detach().numpy()),
         "feature_maps": figures.feature_maps(
             images[0, 0].numpy(), _activations(model, images[:1]), caption
         ),
