@@ -1,7 +1,6 @@
 """Open an image (a file or an upload's bytes) safely and bring it to the working size.
 
-One decoder for the CLI and the server: the pixel count is checked from the header before
-decoding; every mode (16-bit, palette, alpha) becomes RGB, alpha kept where it is the ink.
+The pixel count is checked from the header before decoding; every mode becomes RGB.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from PIL import Image, ImageOps
 
 from mnistcnn.errors import ImageError
 
-# A file with more pixels is refused (a 12 MP phone photo is 12e6): a small file can declare a
-# huge picture.
+# More pixels are refused (a 12 MP phone photo is 12e6): a small file can declare a huge one.
 MAX_PIXELS = 64_000_000
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale down to a long side of no less than this.
 DRAFT_SIDE = 384
@@ -51,9 +49,7 @@ def open_image(
     else:
         fp = path = Path(source)
         if not path.is_file():
-            raise ImageError(
-                f"image not found: {path}" if not path.exists() else f"not a file: {path}"
-            )
+            raise ImageError(f"not a file: {path}" if path.exists() else f"image not found: {path}")
         if path.stat().st_size == 0:
             raise EmptyImage(f"empty file: {path}")
         label, at = str(path), f": {path}"
@@ -68,16 +64,13 @@ def open_image(
             reduce = max(1, max(img.size) // DRAFT_SIDE)
             img.draft("RGB", (max(1, img.width // reduce), max(1, img.height // reduce)))
             img.load()
-            img = ImageOps.exif_transpose(img)
-    except ImageError:
-        raise
+            return ImageOps.exif_transpose(img)
     except Image.UnidentifiedImageError:
         raise NotAnImage(f"not an image, or a format Pillow cannot read{at}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode image {label}: {exc}") from None
     except Image.DecompressionBombWarning as exc:
         raise ImageTooLarge(f"image too large to decode safely: {label} ({exc})") from None
-    return img
 
 
 def _resized(img: Image.Image, side: int, resample: Image.Resampling, **kw: float) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Choose the digit among the pieces of ink and redraw it as MNIST's were drawn.
+"""Choose the digit among the pieces of ink, redraw it as MNIST's were drawn, show the steps.
 
 The strongest piece away from the frame's edge is the digit, with the pieces near it; frames
 drawn around it are left out. It is redrawn at MNIST's stroke width, in a 20x20 box in 28x28.
@@ -7,28 +7,16 @@ drawn around it are left out. It is redrawn at MNIST's stroke width, in a 20x20 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mnistcnn.errors import ImageError
+from mnistcnn.photo import ink
 from mnistcnn.photo.decode import open_image
-from mnistcnn.photo.ink import (
-    INK_LEVEL,
-    Box,
-    Found,
-    Part,
-    analyse,
-    box_of,
-    gap,
-    keep_mask,
-    overlap,
-    union,
-)
-from mnistcnn.photo.steps import Steps
 
 # MNIST's digit box inside its 28x28 frame.
 BOX = 20
@@ -49,17 +37,29 @@ FRAMED_MASS = 0.2
 
 
 @dataclass(frozen=True)
+class Steps:
+    """The pipeline's intermediate pictures (`--save-preprocessed`), kept only when asked for."""
+
+    photo: np.ndarray  # (H, W, 3) uint8: the working image
+    ink: np.ndarray  # (H, W) the flattened ink map, 1 at the strongest ink
+    mask: np.ndarray  # (H, W) bool: what was called ink (lines and specks removed)
+    boxes: list[ink.Box] = field(default_factory=list)  # each digit's box
+    crops: list[np.ndarray] = field(default_factory=list)  # each digit, stroke-normalized
+    images: list[np.ndarray] = field(default_factory=list)  # each digit's 28x28
+
+
+@dataclass(frozen=True)
 class Preprocessed:
     """The 28x28 model input in [0, 1] (white ink on black) and where the digit was found."""
 
     image: np.ndarray
-    box: Box  # in the working image
+    box: ink.Box  # in the working image
     steps: Steps | None = None
     crop: np.ndarray | None = None  # the stroke-normalized digit before scaling to 20x20
     frame: tuple[int, int] = (0, 0)  # width, height of the working image `box` is in
 
 
-def _unframed(found: Found) -> list[Part]:
+def _unframed(found: ink.Found) -> list[ink.Part]:
     """The pieces less frames: pieces whose holes hold other ink of FRAMED_MASS of their own."""
     boxes = np.array([p.box for p in found.parts])
     masses = np.array([p.mass for p in found.parts])
@@ -79,16 +79,15 @@ def _unframed(found: Found) -> list[Part]:
     return [p for p in found.parts if p.label not in frames]
 
 
-def _bar_over(part: Box, box: Box) -> bool:
-    """Whether a piece is a bar written apart over the digit's top (a 5's, a 7's)."""
-    # At least twice as wide as tall and 0.3 as wide as the digit, over it, by at most BAR_GAP.
+def _bar_over(part: ink.Box, box: ink.Box) -> bool:
+    """Whether a piece is a bar over the digit's top (a 5's): wide, over it, within BAR_GAP."""
     left, top, right, bottom = part
     width, height = box[2] - box[0], box[3] - box[1]
     bar = right - left >= max(2 * (bottom - top), 0.3 * width)
-    return bar and overlap(part, box) >= 0.3 and 0 <= box[1] - bottom <= BAR_GAP * height
+    return bar and ink.overlap(part, box) >= 0.3 and 0 <= box[1] - bottom <= BAR_GAP * height
 
 
-def _digit_parts(parts: list[Part]) -> list[Part]:
+def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
     """The strongest piece of ink and the pieces near it (a broken stroke, a detached bar)."""
     # Ink at the frame's edge is mostly the table, a page edge or a shadow, not the digit.
     main = max(parts, key=lambda p: p.mass * (0.05 if p.border else 1.0))
@@ -101,17 +100,11 @@ def _digit_parts(parts: list[Part]) -> list[Part]:
         for part in parts:
             if part in chosen or part.border or part.mass < SPECK_MASS * main.mass:
                 continue
-            if gap(part.box, box) <= reach or _bar_over(part.box, box):
+            if ink.gap(part.box, box) <= reach or _bar_over(part.box, box):
                 chosen.append(part)
-                box = union([box, part.box])
+                box = ink.union([box, part.box])
                 grew = True
     return chosen
-
-
-def _stroke_width(mask: np.ndarray) -> float:
-    """Mean stroke width in pixels: twice the area over the outline's length."""
-    outline = mask & ~ndimage.binary_erosion(mask)
-    return 2 * float(mask.sum()) / max(1.0, float(outline.sum()))
 
 
 def _fill_specks(mask: np.ndarray, size: int) -> np.ndarray:
@@ -124,13 +117,13 @@ def _fill_specks(mask: np.ndarray, size: int) -> np.ndarray:
     return mask | small[holes]
 
 
-def _redraw(ink: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
+def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     """The digit as a clean shape (float in [0, 1]) at >= CROP_SIDE px, MNIST stroke width."""
-    left, top, right, bottom = box_of(keep)
+    left, top, right, bottom = ink.box_of(keep)
     pad = 2
     # Thresholded at half the stroke's contrast after enlarging: edges stay smooth.
-    level = INK_LEVEL * min(peak, float(ink[keep].max()))
-    crop = np.where(ndimage.binary_dilation(keep, iterations=2), ink, 0)
+    level = ink.INK_LEVEL * min(peak, float(contrast[keep].max()))
+    crop = np.where(ndimage.binary_dilation(keep, iterations=2), contrast, 0)
     crop = np.pad(crop[top:bottom, left:right], pad)
     zoom = max(1.0, CROP_SIDE / max(crop.shape))
     if zoom > 1:
@@ -138,7 +131,9 @@ def _redraw(ink: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     shape = crop > level
     side = max(shape.shape) - 2 * pad * zoom
     shape = _fill_specks(shape, max(4, round(0.003 * side * side)))
-    width = _stroke_width(shape)
+    # The mean stroke width: twice the area over the outline's length.
+    outline = shape & ~ndimage.binary_erosion(shape)
+    width = 2 * float(shape.sum()) / max(1.0, float(outline.sum()))
     target = float(np.clip(width / side, *STROKE_RANGE)) * side
     if abs(target - width) < 1:
         return shape.astype(np.float32)
@@ -169,32 +164,27 @@ def _to_28(shape: np.ndarray) -> np.ndarray:
     return np.clip(canvas / peak, 0, 1) if peak > 0 else canvas
 
 
-def digits(found: Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
+def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     """Each mask's ink as an MNIST-style digit."""
     made = []
     frame = (found.labels.shape[1], found.labels.shape[0])
     for keep in keeps:
         crop = _redraw(found.contrast, keep, found.peak)
-        made.append(Preprocessed(_to_28(crop), box_of(keep), crop=crop, frame=frame))
+        made.append(Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame))
     return made
 
 
-def trace(found: Found, made: list[Preprocessed]) -> Steps:
+def trace(found: ink.Found, made: list[Preprocessed]) -> Steps:
     """The steps' pictures of an image and the digits made from it."""
-    ink, mask = np.clip(found.contrast / found.peak, 0, 1), keep_mask(found, found.parts)
+    contrast, mask = np.clip(found.contrast / found.peak, 0, 1), ink.keep_mask(found, found.parts)
     crops = [d.crop for d in made if d.crop is not None]
-    return Steps(found.rgb, ink, mask, [d.box for d in made], crops, [d.image for d in made])
-
-
-def _one_digit(found: Found) -> np.ndarray:
-    """Where the digit of a single-digit image is: its strongest piece and the pieces near it."""
-    return keep_mask(found, _digit_parts(_unframed(found)))
+    return Steps(found.rgb, contrast, mask, [d.box for d in made], crops, [d.image for d in made])
 
 
 def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
     """An opened image -> its MNIST-style 28x28 version (one digit)."""
-    found = analyse(img)
-    (digit,) = digits(found, [_one_digit(found)])
+    found = ink.analyse(img)
+    (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))])
     return replace(digit, steps=trace(found, [digit])) if steps else digit
 
 
@@ -205,3 +195,37 @@ def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
         return preprocess_image(img, steps=steps)
     except ImageError as exc:
         raise ImageError(f"{exc}: {path}") from None
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray((np.clip(values, 0, 1) * 255).astype(np.uint8), "L")
+
+
+def _tile(image: Image.Image, title: str, height: int) -> Image.Image:
+    scale = height / image.height
+    size = (max(1, round(image.width * scale)), height)
+    resample = Image.Resampling.NEAREST if scale > 2 else Image.Resampling.BILINEAR
+    tile = Image.new("RGB", (max(size[0], 8 * len(title)), height + 16), (40, 40, 40))
+    tile.paste(image.convert("RGB").resize(size, resample), (0, 16))
+    ImageDraw.Draw(tile).text((2, 2), title, fill=(255, 255, 255))
+    return tile
+
+
+def steps_panel(steps: Steps, height: int = 192) -> Image.Image:
+    """One picture of every step: photo, flattened light, ink mask and boxes, crops, 28x28s."""
+    mask = _grey(steps.mask.astype(np.float32) * 0.6).convert("RGB")
+    draw = ImageDraw.Draw(mask)
+    for left, top, right, bottom in steps.boxes:
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 60, 60), width=2)
+    shown = [(Image.fromarray(steps.photo, "RGB"), "photo"), (_grey(steps.ink), "flattened light")]
+    shown += [(mask, "mask, digit box")]
+    shown += [(_grey(c), "" if i else "crop") for i, c in enumerate(steps.crops)]
+    shown += [(_grey(m), "" if i else "28x28") for i, m in enumerate(steps.images)]
+    tiles = [_tile(image, title, height) for image, title in shown]
+    gap = 6
+    panel = Image.new("RGB", (sum(t.width + gap for t in tiles) - gap, height + 16))
+    x = 0
+    for tile in tiles:
+        panel.paste(tile, (x, 0))
+        x += tile.width + gap
+    return panel

@@ -1,11 +1,11 @@
-"""Find the ink: threshold the flattened contrast, remove lines, label the connected pieces.
+"""Find the ink: flatten the light, threshold the contrast, remove lines, label the pieces.
 
-Also the box arithmetic of the digit and row steps: (left, top, right, bottom), right and
-bottom exclusive, in the working image.
+Boxes are (left, top, right, bottom), right and bottom exclusive, in the working image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,11 +14,17 @@ from scipy import ndimage
 
 from mnistcnn.errors import ImageError
 from mnistcnn.photo.decode import to_working
-from mnistcnn.photo.light import flatten
 from mnistcnn.photo.lines import remove_lines
 
 Box = tuple[int, int, int, int]
 
+# How much more light-side than dark-side evidence calls the ink light (see `dark_ink`).
+LIGHT_INK_ODDS = 10.0
+# The paper's brightness is estimated over windows this fraction of the shorter side: wider
+# than any pen or marker stroke, so strokes vanish from the estimate while light does not.
+BACKGROUND_WINDOW = 0.5
+# The paper's estimate reaches this many pixels (at half size) past a closing (see `flatten`).
+SPILL = 1
 # A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
 # the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
 INK_LEVEL = 0.45
@@ -51,6 +57,76 @@ class Found:
     parts: list[Part]
 
 
+def _resize(values: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(values), "F").resize(size, resample))
+
+
+def dark_ink(luminance: np.ndarray) -> bool:
+    """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
+    # Ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17 blocks of
+    # 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's light
+    # outweighs dark 150 times or more, a page that is a bright minority of the frame ~4 times.
+    half = _pool(luminance, np.add) / 4
+    height, width = half.shape
+    blocks = _resize(half, (max(1, width // 8), max(1, height // 8)), Image.Resampling.BOX)
+    deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
+    for size in (9, 17):
+        for level, sign in ((25, -1), (75, 1)):
+            local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
+            background = _resize(local, (width, height), Image.Resampling.BILINEAR)
+            # Beyond 0.05 only: sensor noise deviates to both sides alike.
+            away = sign * (half - background) - 0.05
+            deviation[sign] += float(np.clip(away, 0, None).sum())
+    return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
+
+
+def _pool(channel: np.ndarray, combine: Callable[..., np.ndarray]) -> np.ndarray:
+    """Half resolution: each 2x2 block combined by `combine` (np.maximum, np.minimum, np.add)."""
+    height, width = channel.shape
+    even = np.pad(channel, ((0, height % 2), (0, width % 2)), mode="edge")
+    top = combine(even[0::2, 0::2], even[0::2, 1::2])
+    return combine(top, combine(even[1::2, 0::2], even[1::2, 1::2]))
+
+
+def flatten(rgb: np.ndarray) -> np.ndarray:
+    """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke."""
+    height, width = rgb.shape[:2]
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luminance = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255
+    dark = dark_ink(luminance)
+    # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
+    # Each is weighed by the paper's level in it (tinted paper), or a red pen on blue paper has
+    # the paper's weak red beside its own weak green; a colour the paper hardly reflects is out.
+    if dark:
+        paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
+        used = [
+            values * np.float32(paper.max() / (255 * level))
+            for values, level in zip((red, green, blue), paper, strict=True)
+            if level >= 0.25 * paper.max()
+        ]
+        channel = np.minimum.reduce(used)
+    else:
+        channel = np.maximum(np.maximum(red, green), blue).astype(np.float32) / 255
+    # Sensor noise and JPEG blocks are finer than any stroke at this size.
+    smooth = ndimage.gaussian_filter(channel, 1.0)
+    # The paper's brightness is a grey closing (dark ink) or opening (chalk) of the smooth
+    # background, at half resolution, pooled so that strokes fade; it keeps gradients and shadows.
+    half = _pool(smooth, np.maximum if dark else np.minimum)
+    window = max(4, round(BACKGROUND_WINDOW * min(half.shape)))
+    first, second = (ndimage.maximum_filter, ndimage.minimum_filter)[:: 1 if dark else -1]
+    # Padded a window deep, light fading towards a border (a vignette) is light, not a stroke.
+    # Pooled and enlarged, a closing runs past a sharp step of light (a shadow's edge) into its
+    # darker side, seen as a line of ink: the second filter, SPILL px wider, puts it back.
+    padded = np.pad(half, window, mode="edge")
+    closed = second(first(padded, size=window), size=window + 2 * SPILL)
+    back = _resize(
+        closed[window:-window, window:-window], (width, height), Image.Resampling.BILINEAR
+    )
+    if dark:
+        return (back - smooth) / np.maximum(back, 0.02)
+    return smooth - back
+
+
 def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Ink above the paper's level, the pixels that may be ink, and the strongest ink's contrast."""
     # The 0.02 % strongest pixels: a digit has more than that, sensor noise peaks do not count.
@@ -71,29 +147,21 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return contrast, contrast > max(FAINT_LEVEL * peak, 5 * spread), peak
 
 
-def _parts(mask: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, list[Part]]:
-    """Connected pieces of ink (8-connected) with their boxes and strength."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-    if count == 0:
-        return labels, []
+def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
+    """The pieces of ink (8-connected) that hold ink above INK_LEVEL; ImageError if none."""
+    contrast, mask, peak = _ink_mask(ink)
+    labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
     index = np.arange(1, count + 1)
-    masses = ndimage.sum_labels(ink, labels, index)
-    strengths = ndimage.maximum(ink, labels, index)
+    masses = ndimage.sum_labels(contrast, labels, index)
+    strengths = ndimage.maximum(contrast, labels, index)
     height, width = mask.shape
     parts = []
     for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
         box = (cols.start, rows.start, cols.stop, rows.stop)
         border = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
-        mass, strength = float(masses[label - 1]), float(strengths[label - 1])
-        parts.append(Part(int(label), box, mass, strength, border))
-    return labels, parts
-
-
-def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
-    """The pieces of ink in an ink map that hold ink above INK_LEVEL; ImageError if none."""
-    contrast, mask, peak = _ink_mask(ink)
-    labels, parts = _parts(remove_lines(mask), contrast)
-    parts = [p for p in parts if p.strength >= INK_LEVEL * peak]
+        strength = float(strengths[label - 1])
+        if strength >= INK_LEVEL * peak:
+            parts.append(Part(int(label), box, float(masses[label - 1]), strength, border))
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
     return Found(rgb, contrast, peak, labels, parts)

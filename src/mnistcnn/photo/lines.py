@@ -1,7 +1,6 @@
 """Remove ruled or squared paper lines and page edges: thin lines across the frame.
 
-Found by a Hough vote of the ink mask at angles near horizontal and vertical; a line's pixels
-are cleared except where a stroke crosses it.
+Found by a Hough vote of the ink mask near horizontal and vertical; strokes crossing them stay.
 """
 
 from __future__ import annotations
@@ -69,8 +68,7 @@ def _vote(
     along: np.ndarray, across: np.ndarray, degrees: float, weight: float
 ) -> tuple[np.ndarray, int]:
     """Pixels per line position (rho, 1 px bins) at an angle, and the first bin's rho."""
-    t = math.radians(degrees)
-    rho = np.round(_rho(along, across, t)).astype(np.int64)
+    rho = np.round(_rho(along, across, math.radians(degrees))).astype(np.int64)
     offset = int(rho.min())
     return np.bincount(rho - offset) * weight, offset
 
@@ -103,8 +101,7 @@ def _erase_line(
     out: np.ndarray, mask: np.ndarray, rho: float, t: float, vertical: bool, band: tuple[int, int]
 ) -> np.ndarray:
     """Clear a line's band (offsets across it from `rho`), keeping the strokes that cross it."""
-    height, width = mask.shape
-    yy, xx = np.mgrid[0:height, 0:width]
+    yy, xx = np.indices(mask.shape)
     along, across = (yy, xx) if vertical else (xx, yy)
     offset = _rho(along, across, t) - rho
     lo, hi = band

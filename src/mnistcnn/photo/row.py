@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from mnistcnn.errors import ImageError
 from mnistcnn.photo.decode import open_image
-from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, digits, trace
-from mnistcnn.photo.ink import Part, analyse, box_of, gap, keep_mask, overlap, union
-from mnistcnn.photo.steps import Steps
+from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, Steps, digits, trace
+from mnistcnn.photo.ink import Box, Part, analyse, box_of, gap, keep_mask, overlap, union
 
 # MNIST digits are at most ~1.25 times as wide as tall (99th percentile): ink wider than
 # SPLIT_ASPECT heights may be touching digits (two 1s are ~0.5), wider than WHOLE_ASPECT it is.
@@ -64,17 +62,17 @@ def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
     top = float(np.median([p.box[1] for p in big]))
     bottom = float(np.median([p.box[3] for p in big]))
     margin = 0.5 * height
-    pieces = [
-        p
-        for p in inside
-        if p.mass >= SPECK_MASS * biggest and p.box[3] > top - margin and p.box[1] < bottom + margin
-    ]
-    return pieces, height
+    near = [p for p in inside if p.box[3] > top - margin and p.box[1] < bottom + margin]
+    return [p for p in near if p.mass >= SPECK_MASS * biggest], height
+
+
+def _box(group: list[Part]) -> Box:
+    return union([p.box for p in group])
 
 
 def _home(groups: list[list[Part]], part: Part, height: int) -> int | None:
     """The group a small piece sits over or under, else the one it touches if about as wide."""
-    boxes = [union([p.box for p in g]) for g in groups]
+    boxes = [_box(g) for g in groups]
     if not boxes:
         return None
     over = max(range(len(boxes)), key=lambda i: overlap(boxes[i], part.box))
@@ -95,7 +93,7 @@ def _columns(pieces: list[Part], height: int) -> list[list[Part]]:
     small = [p for p in pieces if p.box[3] - p.box[1] < TALL_STROKE * height]
     groups: list[list[Part]] = []
     for part in sorted(tall, key=lambda p: p.box[0] + p.box[2]):
-        if groups and overlap(union([p.box for p in groups[-1]]), part.box) >= 0.5:
+        if groups and overlap(_box(groups[-1]), part.box) >= 0.5:
             groups[-1].append(part)
         else:
             groups.append([part])
@@ -112,16 +110,13 @@ def _columns(pieces: list[Part], height: int) -> list[list[Part]]:
     # Small pieces close together as tall as a digit are one broken apart; a dash or specks not.
     clusters: list[list[Part]] = []
     for part in sorted(loose, key=lambda p: p.box[0]):
-        near = [c for c in clusters if gap(union([p.box for p in c]), part.box) <= 0.3 * height]
+        near = [c for c in clusters if gap(_box(c), part.box) <= 0.3 * height]
         if near:
             near[0].append(part)
         else:
             clusters.append([part])
-    for cluster in clusters:
-        box = union([p.box for p in cluster])
-        if box[3] - box[1] >= TALL_STROKE * height:
-            groups.append(cluster)
-    return sorted(groups, key=lambda g: sum(union([p.box for p in g])[0:3:2]))
+    groups += [c for c in clusters if _box(c)[3] - _box(c)[1] >= TALL_STROKE * height]
+    return sorted(groups, key=lambda g: sum(_box(g)[0:3:2]))
 
 
 def _cut(keep: np.ndarray, columns: list[int]) -> list[np.ndarray]:
@@ -198,9 +193,13 @@ def _joinable(a: np.ndarray, b: np.ndarray, height: int) -> bool:
     return close and min(bottom - top, lower - upper) < 0.8 * height
 
 
-def segment_image(img: Image.Image, *, steps: bool = False) -> Row:
-    """An opened image of digits in a row -> each group's readings as 28x28 images."""
-    found = analyse(img)
+def segment(path: str | Path, *, steps: bool = False) -> Row:
+    """Read an image file of digits in a row: each group's readings as 28x28 images."""
+    img = open_image(path)
+    try:
+        found = analyse(img)
+    except ImageError as exc:
+        raise ImageError(f"{exc}: {path}") from None
     pieces, height = _row_parts(found.parts)
     keeps = [keep_mask(found, group) for group in _columns(pieces, height)]
     readings = [[digits(found, option) for option in _readings(k, height)] for k in keeps]
@@ -208,14 +207,5 @@ def segment_image(img: Image.Image, *, steps: bool = False) -> Row:
         digits(found, [a | b])[0] if _joinable(a, b, height) else None
         for a, b in itertools.pairwise(keeps)
     ]
-    first = [d for options in readings for d in options[0]]
-    return Row(readings, joined, trace(found, first) if steps else None, height)
-
-
-def segment(path: str | Path, *, steps: bool = False) -> Row:
-    """Read an image file of digits in a row and return each digit's 28x28 image."""
-    img = open_image(path)
-    try:
-        return segment_image(img, steps=steps)
-    except ImageError as exc:
-        raise ImageError(f"{exc}: {path}") from None
+    row = Row(readings, joined, None, height)
+    return replace(row, steps=trace(found, row.digits)) if steps else row

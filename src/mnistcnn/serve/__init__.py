@@ -1,14 +1,21 @@
 """`mnistcnn serve`: a local web page to draw a digit and watch the model answer, and its HTTP API.
 
-FastAPI + uvicorn (the `serve` extra): app.py holds the app and its routes, server.py binds and
-runs it. The page and its script are package data under `static/` (no CDN: works offline).
-Never imports `mnistcnn.data` (torchvision).
+FastAPI + uvicorn (the `serve` extra); the page and its script are package data under `static/`
+(no CDN: works offline). Never imports `mnistcnn.data` (torchvision).
 """
 
 from __future__ import annotations
 
-from mnistcnn.serve.app import MAX_BODY_BYTES, create_app, predict_image
-from mnistcnn.serve.server import bind, is_loopback, serve, server, url
+from mnistcnn.serve.app import (
+    MAX_BODY_BYTES,
+    bind,
+    create_app,
+    is_loopback,
+    predict_image,
+    serve,
+    server,
+    url,
+)
 
 __all__ = [
     "MAX_BODY_BYTES",

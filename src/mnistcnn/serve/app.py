@@ -1,7 +1,6 @@
-"""The web app: the page, `/api/predict` (an image in, the model's answer out), `/api/model`.
+"""The web app (the page, `/api/predict`, `/api/model`) and the uvicorn server that runs it.
 
-An upload is decoded by the same `photo.open_image` and preprocessed the same way as
-`mnistcnn predict` reads a file.
+An upload is decoded by `photo.open_image` and preprocessed as `mnistcnn predict` reads a file.
 """
 
 from __future__ import annotations
@@ -9,13 +8,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import ipaddress
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from anyio import to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -25,7 +26,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnistcnn.errors import ImageError
+from mnistcnn.checkpoint import load_model
+from mnistcnn.errors import ImageError, MnistCnnError
 from mnistcnn.model import DigitNet, count_parameters
 from mnistcnn.photo import open_image, preprocess_image
 from mnistcnn.photo.decode import EmptyImage, ImageTooLarge, NotAnImage
@@ -34,17 +36,23 @@ from mnistcnn.predict.files import MIN_CONFIDENCE
 
 STATIC = Path(__file__).parent / "static"
 FIELD = "image"
+JSON_FORM = '{"image": "<base64 PNG>"}'
 # A phone photo is 2-5 MB as JPEG; a canvas PNG is a few kB. Bigger bodies are refused unread.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 # Stricter than a file's limit: each of the WORKERS decodes at once holds up to 4 bytes a pixel.
 MAX_UPLOAD_PIXELS = 25_000_000
-# Images decoded and preprocessed at once: the work is CPU-bound, more would only add memory
-# and latency.
+# Images decoded and preprocessed at once: the work is CPU-bound, more would only add memory.
 WORKERS = 4
 # The page may load only what this server serves: no CDN, no inline script.
 CSP = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
 # The HTTP status of each way an upload fails to decode (any other: 422).
 STATUS = {EmptyImage: 400, ImageTooLarge: 413, NotAnImage: 415}
+ERRORS = {
+    400: "empty or malformed upload",
+    413: "body or image too large",
+    415: "not an image, or an unsupported Content-Type",
+    422: "missing field, bad base64, or an image that cannot be decoded",
+}
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +107,10 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
-            return
+            return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
         seen = 0
 
         async def counted() -> Message:
@@ -118,20 +124,6 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _png_base64(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray((image * 255).round().astype(np.uint8), "L").save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def decode_upload(data: bytes, name: str) -> Image.Image:
-    """An upload's bytes -> an opened image, as `predict` opens a file; HTTPException if bad."""
-    try:
-        return open_image(data, name, MAX_UPLOAD_PIXELS)
-    except ImageError as exc:
-        raise HTTPException(STATUS.get(type(exc), 422), str(exc)) from None
-
-
 def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
     """Preprocess as `predict` does, then classify; no digit is an answer, not an error."""
     try:
@@ -140,13 +132,15 @@ def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
         return Prediction(found=False, message=str(exc))
     probs = classify(model, image[None].astype(np.float32))[0].tolist()
     label = int(np.argmax(probs))
+    png = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8), "L").save(png, "PNG")
     return Prediction(
         found=True,
         label=label,
         probability=probs[label],
         probabilities=probs,
         low_confidence=probs[label] < MIN_CONFIDENCE,
-        image=_png_base64(image),
+        image=base64.b64encode(png.getvalue()).decode("ascii"),
     )
 
 
@@ -163,10 +157,10 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         return await upload.read(), upload.filename or "upload"
     if media == "application/json":
         try:
-            payload = Base64Image.model_validate(json.loads(await request.body()))
+            text = Base64Image.model_validate_json(await request.body()).image
         except ValueError:
-            raise HTTPException(422, 'expected JSON {"image": "<base64 PNG>"}') from None
-        text = "".join(payload.image.split())
+            raise HTTPException(422, f"expected JSON {JSON_FORM}") from None
+        text = "".join(text.split())
         if text.startswith("data:"):
             text = text.partition(",")[2]
         try:
@@ -177,57 +171,24 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         return await request.body(), "upload"
     raise HTTPException(
         415,
-        f"send the image as multipart/form-data (file field {FIELD!r}), as JSON "
-        '{"image": "<base64 PNG>"} or as a raw image/* body, not '
-        + (media or "a body without Content-Type"),
+        f"send the image as multipart/form-data (file field {FIELD!r}), as JSON {JSON_FORM} or "
+        f"as a raw image/* body, not {media or 'a body without Content-Type'}",
     )
 
 
-PREDICT_DOC = {
-    "summary": "classify a digit image",
-    "description": (
-        f"Multipart with the image in the file field {FIELD!r}, JSON "
-        '{"image": "<base64 PNG>"} (a `data:` URL works too), or the raw image as the body '
-        "(Content-Type image/png, image/jpeg...). An image without a digit "
-        "(an empty canvas) is answered 200 with `found: false`."
-    ),
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": [FIELD],
-                        "properties": {FIELD: {"type": "string", "format": "binary"}},
-                    }
-                },
-                "application/json": {"schema": Base64Image.model_json_schema()},
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
+BINARY = {"type": "string", "format": "binary"}
+PREDICT_BODY = {
+    "multipart/form-data": {
+        "schema": {"type": "object", "required": [FIELD], "properties": {FIELD: BINARY}}
     },
-    "responses": {
-        code: {"model": ErrorBody, "description": text}
-        for code, text in {
-            400: "empty or malformed upload",
-            413: "body or image too large",
-            415: "not an image, or an unsupported Content-Type",
-            422: "missing field, bad base64, or an image that cannot be decoded",
-        }.items()
-    },
+    "application/json": {"schema": Base64Image.model_json_schema()},
+    "image/*": {"schema": BINARY},
 }
-
-
-def model_info(model: DigitNet, file: str) -> ModelInfo:
-    """What `/api/model` answers: the `.pth`'s own description of the model."""
-    info = model.get_extra_state()
-    return ModelInfo(
-        file=Path(file).name,
-        parameters=count_parameters(model),
-        metrics=info["meta"],
-        **{key: info[key] for key in ("arch", "args", "mean", "std")},
-    )
+PREDICT_HELP = (
+    f"Multipart with the image in the file field {FIELD!r}, JSON {JSON_FORM} (a `data:` URL "
+    "works too), or the raw image as the body (Content-Type image/png, image/jpeg...). "
+    "An image without a digit (an empty canvas) is answered 200 with `found: false`."
+)
 
 
 def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES) -> FastAPI:
@@ -241,12 +202,22 @@ def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES)
     )
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    described = model_info(model, file)
+    info = model.get_extra_state()
+    described = ModelInfo(
+        file=Path(file).name,
+        parameters=count_parameters(model),
+        metrics=info["meta"],
+        **{key: info[key] for key in ("arch", "args", "mean", "std")},
+    )
     busy = threading.BoundedSemaphore(WORKERS)
 
     def work(data: bytes, name: str) -> Prediction:
         with busy:
-            return predict_image(model, decode_upload(data, name))
+            try:
+                img = open_image(data, name, MAX_UPLOAD_PIXELS)
+            except ImageError as exc:
+                raise HTTPException(STATUS.get(type(exc), 422), str(exc)) from None
+            return predict_image(model, img)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -265,10 +236,69 @@ def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES)
     async def model_endpoint() -> ModelInfo:
         return described
 
-    @app.post("/api/predict", **PREDICT_DOC)
+    @app.post(
+        "/api/predict",
+        summary="classify a digit image",
+        description=PREDICT_HELP,
+        openapi_extra={"requestBody": {"required": True, "content": PREDICT_BODY}},
+        responses={
+            code: {"model": ErrorBody, "description": text} for code, text in ERRORS.items()
+        },
+    )
     async def predict_endpoint(request: Request) -> Prediction:
         data, name = await read_upload(request)
         # Decoding, preprocessing and the forward pass are CPU work: off the event loop.
         return await to_thread.run_sync(work, data, name)
 
     return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free one); MnistCnnError if it cannot be had."""
+    if not 0 <= port <= 65535:  # getaddrinfo would silently wrap it modulo 65536
+        raise MnistCnnError(f"port must be 0-65535 (0: any free port), not {port}")
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        return sock
+    except (OSError, OverflowError) as exc:
+        if sock is not None:
+            sock.close()
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MnistCnnError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def url(sock: socket.socket) -> str:
+    """http://host:port/ of a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether the socket only accepts connections from this machine."""
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def server(app: FastAPI) -> uvicorn.Server:
+    """A quiet uvicorn server for `app` (start it with `.run(sockets=[sock])`)."""
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+
+def serve(model_path: str | Path, host: str, port: int) -> None:
+    """Load the model, bind, say where, and serve until Ctrl-C."""
+    model = load_model(model_path)
+    sock = bind(host, port)
+    app = create_app(model, str(model_path))
+    where = f"mnistcnn: serving {model_path} at {url(sock)}"
+    if is_loopback(sock):
+        log.info("%s (loopback only: this machine)", where)
+    else:
+        log.info("%s -- NOT loopback: reachable from other machines, with no authentication", where)
+    log.info("mnistcnn: API: POST /api/predict, GET /api/model, /openapi.json; Ctrl-C to stop")
+    server(app).run(sockets=[sock])
