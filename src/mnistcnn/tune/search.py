@@ -173,7 +173,10 @@ def _space(key: str, raw: Mapping[str, Any]) -> Space:
         )
     kind = kinds[0]
     values = raw[kind]
-    check(isinstance(values, list) and values, f"{where}.{kind}: expected a list, got {values!r}")
+    check(
+        isinstance(values, list) and bool(values),
+        f"{where}.{kind}: expected a list, got {values!r}",
+    )
     log, step = raw.get("log", kind == "log_uniform"), raw.get("step")
     if kind == "choice":
         check(
