@@ -29,7 +29,7 @@ from mnistcnn.model import (
 )
 from mnistcnn.model.layers import ACTIVATIONS, ATTENTIONS, NORMS, POOLS, GlobalAvgPool
 from mnistcnn.train import fit
-from mnistcnn.train.transfer import freeze, init_from
+from mnistcnn.train.build import freeze, init_from
 
 PRESETS = sorted((CONFIGS / "arch").glob("*.yaml")) + sorted((CONFIGS / "transfer").glob("*.yaml"))
 TINY = {"channels": (4, 8), "convs_per_stage": (2, 1)}  # two convs: the residual path runs
@@ -375,7 +375,7 @@ def test_cli_fine_tunes_with_frozen_features(
     for key, value in before.items():
         if key.startswith("features.") and key.endswith("weight"):
             assert torch.equal(value, tuned[key]), f"{key} was trained"
-    # BatchNorm statistics are not frozen: they adapt to the new data (see transfer.freeze).
+    # BatchNorm statistics are not frozen: they adapt to the new data (see train.build.freeze).
     assert not torch.equal(
         before["features.0.first.1.running_mean"], tuned["features.0.first.1.running_mean"]
     )

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Generator, Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from mnistcnn.config import AugmentConfig, DataConfig
@@ -45,7 +46,7 @@ def default_cache_dir() -> Path:
 class Split:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of one part of MNIST."""
 
-    images: torch.Tensor
+    images: Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -63,32 +64,13 @@ class Splits(NamedTuple):
     test: Split
 
 
-def _missing_message(root: Path, exc: BaseException, download: bool) -> str:
-    where = root / "MNIST" / "raw"
-    files = f"the four files {', '.join(RAW_FILES)}"
-    if download:
-        found = f"not found in {where} and could not be downloaded ({type(exc).__name__})"
-        put = f"Put {files} (or their .gz) there"
-    else:  # torchvision unpacks .gz files only on its download path
-        found = f"not found in {where} (download is off)"
-        put = f"Put {files} there uncompressed, or allow the download (it also unpacks .gz)"
-    return f"MNIST {found}. {put}, or pass --data-dir to the folder that holds MNIST/raw/"
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(raw: Path, names: list[str]) -> str | None:
     """The files' combined checksum if all are present; a DataError if one is not MNIST."""
     if not all((raw / name).is_file() for name in names):
         return None
     for name in names:
-        if _md5(raw / name) != OFFICIAL_MD5[name]:
+        digest = hashlib.md5((raw / name).read_bytes(), usedforsecurity=False).hexdigest()
+        if digest != OFFICIAL_MD5[name]:
             raise DataError(
                 f"{raw / name} is not the original MNIST file (its md5 differs: truncated or "
                 "corrupt?); delete it and download again, or copy a good one there"
@@ -104,12 +86,20 @@ def _decode(root: Path, train: bool, download: bool, names: list[str]) -> Split:
         ds = MNIST(str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises bare RuntimeErrors for missing and corrupt files
         raw = root / "MNIST" / "raw"
-        if not all((raw / name).is_file() for name in names):
-            raise DataError(_missing_message(root, exc, download)) from None
-        raise DataError(
-            f"MNIST files {', '.join(names)} in {raw} cannot be read "
-            f"({type(exc).__name__}: {exc}); delete them and download again"
-        ) from None
+        if all((raw / name).is_file() for name in names):
+            raise DataError(
+                f"MNIST files {', '.join(names)} in {raw} cannot be read "
+                f"({type(exc).__name__}: {exc}); delete them and download again"
+            ) from None
+        files = f"the four files {', '.join(RAW_FILES)}"
+        if download:
+            found = f"not found in {raw} and could not be downloaded ({type(exc).__name__})"
+            put = f"Put {files} (or their .gz) there"
+        else:  # torchvision unpacks .gz files only on its download path
+            found = f"not found in {raw} (download is off)"
+            put = f"Put {files} there uncompressed, or allow the download (it also unpacks .gz)"
+        message = f"MNIST {found}. {put}, or pass --data-dir to the folder that holds MNIST/raw/"
+        raise DataError(message) from None
     return Split(ds.data, ds.targets)
 
 
@@ -124,31 +114,27 @@ def load_mnist(
     cached = cache / f"mnist-{names[0][:5]}-{checksum}.pt" if cache and checksum else None
     if cached is not None and cached.is_file():
         try:
-            tensors = torch.load(cached, weights_only=True)
-            return Split(tensors["images"], tensors["labels"])
+            return Split(**torch.load(cached, weights_only=True))
         except Exception:  # a damaged cache is rebuilt, never trusted
             cached.unlink(missing_ok=True)
     split = _decode(root, train, download, names)
     checksum = checksum or _verified(raw, names)
     if cache is not None:
-        path = cache / f"mnist-{names[0][:5]}-{checksum}.pt"
         tensors = {"images": split.images, "labels": split.labels}
         with contextlib.suppress(OSError):  # a read-only cache only costs speed
+            path = cache / f"mnist-{names[0][:5]}-{checksum}.pt"
             atomic_write(path, lambda f: torch.save(tensors, f))
     return split
 
 
 def split_train_val(train: Split, cfg: DataConfig) -> tuple[Split, Split]:
     """Carve a seeded validation split out of the training set; optionally subset the rest."""
-    generator = torch.Generator().manual_seed(cfg.split_seed)
-    perm = torch.randperm(len(train), generator=generator)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
     if cfg.subset:
         train_idx = train_idx[: cfg.subset]
-    return (
-        Split(train.images[train_idx], train.labels[train_idx]),
-        Split(train.images[val_idx], train.labels[val_idx]),
-    )
+    train_part = Split(train.images[train_idx], train.labels[train_idx])
+    return train_part, Split(train.images[val_idx], train.labels[val_idx])
 
 
 def splits_of(train: Split, test: Split, cfg: DataConfig) -> Splits:
@@ -160,10 +146,8 @@ def splits_of(train: Split, test: Split, cfg: DataConfig) -> Splits:
 def load_splits(cfg: DataConfig) -> Splits:
     """Load MNIST as `cfg` says (root, download, cache) and split it."""
     cache = default_cache_dir() if cfg.cache else None
-    train = load_mnist(cfg.root, train=True, download=cfg.download, cache=cache)
-    return splits_of(
-        train, load_mnist(cfg.root, train=False, download=cfg.download, cache=cache), cfg
-    )
+    train, test = (load_mnist(cfg.root, part, cfg.download, cache) for part in (True, False))
+    return splits_of(train, test, cfg)
 
 
 class TensorDigits(Dataset):
@@ -175,16 +159,16 @@ class TensorDigits(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.split.images[index], self.split.labels[index]
 
-    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int] | Tensor) -> tuple[Tensor, Tensor]:
         # DataLoader calls this with a whole batch of indices when it exists.
         index = torch.as_tensor(indices, device=self.split.labels.device)
         return self.split.images[index], self.split.labels[index]
 
 
-class DeviceBatches(Sampler[torch.Tensor]):
+class DeviceBatches(Sampler[Tensor]):
     """A sampler's epoch of indices, copied to `device` once and cut into batches."""
 
     # A list of ints would be copied to the device at every step, and on CUDA a copy from
@@ -196,21 +180,25 @@ class DeviceBatches(Sampler[torch.Tensor]):
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Tensor]:
         yield from torch.tensor(list(self.sampler), device=self.device).split(self.batch_size)
 
 
-def _keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-def train_loader(split: Split, batch_size: int, generator: torch.Generator) -> DataLoader:
-    """Shuffled batches (a seeded randperm each epoch) of (uint8 images, labels)."""
+def _loader(
+    split: Split, sampler: Sampler[int], batch_size: int, generator: Generator | None = None
+) -> DataLoader:
+    batches = DeviceBatches(sampler, batch_size, split.labels.device)
     digits = TensorDigits(split)
-    batches = DeviceBatches(
-        RandomSampler(digits, generator=generator), batch_size, split.labels.device
-    )
     return DataLoader(digits, batch_sampler=batches, generator=generator, collate_fn=_keep_batch)
+
+
+def train_loader(split: Split, batch_size: int, generator: Generator) -> DataLoader:
+    """Shuffled batches (a seeded randperm each epoch) of (uint8 images, labels)."""
+    return _loader(split, RandomSampler(split, generator=generator), batch_size, generator)
 
 
 def shard_loader(split: Split, batch_size: int, seed: int, rank: int, ranks: int) -> DataLoader:
@@ -218,15 +206,11 @@ def shard_loader(split: Split, batch_size: int, seed: int, rank: int, ranks: int
     # Every process draws the same permutation and takes every `ranks`-th index from `rank` on:
     # the shards are disjoint, their k-th batches together one global batch; the last
     # `len(split) % ranks` images of each permutation are left out.
-    digits = TensorDigits(split)
-    sampler = DistributedSampler(
-        digits, num_replicas=ranks, rank=rank, shuffle=True, seed=seed, drop_last=True
-    )
-    batches = DeviceBatches(sampler, batch_size, split.labels.device)
-    return DataLoader(digits, batch_sampler=batches, collate_fn=_keep_batch)
+    sampler = DistributedSampler(split, ranks, rank, shuffle=True, seed=seed, drop_last=True)
+    return _loader(split, sampler, batch_size)
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """The split in order, in large batches."""
     for start in range(0, len(split), batch_size):
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
@@ -237,18 +221,16 @@ def invert(split: Split) -> Split:
     return Split(255 - split.images, split.labels)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
+def to_float(images: Tensor) -> Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], the models' input."""
     return images.unsqueeze(1).float().div_(255)
 
 
-def random_affine(
-    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_affine(images: Tensor, cfg: AugmentConfig, generator: Generator | None = None) -> Tensor:
     """Rotate, scale and shift each image of a float batch (N, 1, H, W) by its own random draw."""
     n = images.shape[0]
 
-    def uniform(limit: float) -> torch.Tensor:  # U(-limit, limit), one draw per image
+    def uniform(limit: float) -> Tensor:  # U(-limit, limit), one draw per image
         rand = torch.rand(n, generator=generator, device=images.device)
         return (rand * 2 - 1) * limit
 
@@ -264,14 +246,14 @@ def random_affine(
     xs = (torch.arange(w, device=images.device) * 2 + 1) / w - 1  # (W,)
     ys = ((torch.arange(h, device=images.device) * 2 + 1) / h - 1)[:, None]  # (H, 1)
 
-    def coordinate(a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def coordinate(a: torch.Tensor, b: torch.Tensor, shift: torch.Tensor) -> Tensor:
         return a[:, None, None] * xs + b[:, None, None] * ys + shift[:, None, None]  # (N, H, W)
 
     grid = torch.stack([coordinate(cos, -sin, shift_x), coordinate(sin, cos, shift_y)], -1)
     return F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="zeros")
 
 
-def _blur(images: torch.Tensor) -> torch.Tensor:
+def _blur(images: Tensor) -> Tensor:
     """5x5 Gaussian blur of sigma INK_BLUR, mirrored edges: torchvision's `gaussian_blur`."""
     # Written out, bit for bit, so that training never imports torchvision.transforms (slow).
     spread = 2 / math.sqrt(2.0)  # torchvision's grid: 5 points at unit spacing / sqrt(2)
@@ -281,16 +263,14 @@ def _blur(images: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(images, [2, 2, 2, 2], mode="reflect"), kernel)
 
 
-def redraw_ink(
-    images: torch.Tensor, share: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def redraw_ink(images: Tensor, share: float, generator: Generator | None = None) -> Tensor:
     """Redraw a random `share` of a float batch (N, 1, H, W) the way `predict` draws a photo."""
     # A photographed digit reaches the model as ink thresholded off the paper: faint strokes
     # gone, thinner or thicker than MNIST's pen, full bright. Each chosen image (or a blurred
     # copy: a marker) is cut at a random level of its peak at 4x and averaged back down.
     n = images.shape[0]
 
-    def draw() -> torch.Tensor:  # U(0, 1), one per image
+    def draw() -> Tensor:  # U(0, 1), one per image
         return torch.rand(n, 1, 1, 1, generator=generator, device=images.device)
 
     thick = draw() < 0.5
@@ -304,9 +284,7 @@ def redraw_ink(
     return torch.where(chosen, shape, images)
 
 
-def augment_batch(
-    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def augment_batch(images: Tensor, cfg: AugmentConfig, generator: Generator | None = None) -> Tensor:
     """The training augmentation of a float batch: `random_affine`, then `redraw_ink`."""
     if cfg.affine:
         images = random_affine(images, cfg, generator)

@@ -1,5 +1,5 @@
-"""Training: build (device, loss, optimizer, schedule), loops (train/evaluate), state
-(checkpoints, RNGs), fitting (`fit`, the orchestrator), distributed and transfer learning."""
+"""Training: build (device, starting weights, loss, optimizer, schedule), loops (train/evaluate),
+fitting (`fit`, the orchestrator: checkpoints, RNGs, resume) and distributed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from mnistcnn.train.build import (
     build_scheduler,
     resolve_device,
 )
-from mnistcnn.train.fitting import fit
+from mnistcnn.train.fitting import check_output, fit, output_paths
 from mnistcnn.train.loops import evaluate, predict_logits, scores, train_one_epoch
-from mnistcnn.train.state import check_output, output_paths
 
 __all__ = [
     "autocast",

@@ -1,24 +1,27 @@
-"""What a run is built from: the device, seeded RNGs, and the loss, optimizer, scheduler and
-mixed precision chosen by the config (components resolved by their torch names)."""
+"""What a run is built from: the device, the model's starting weights (`init_from`, `freeze`),
+and the loss, optimizer, scheduler and mixed precision the config names by their torch names."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import random
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from mnistcnn import config as config_mod
+from mnistcnn.checkpoint import load_state
 from mnistcnn.config import Config
-from mnistcnn.errors import ConfigError
-from mnistcnn.model import NUM_CLASSES
+from mnistcnn.errors import CheckpointError, ConfigError
+from mnistcnn.model import NUM_CLASSES, DigitNet
 
 # Schedulers that expect a step per batch; every other one steps once per epoch.
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
+# Layers listed per kind in init_from's mismatch error; more are counted, to keep it one line.
+_SHOWN = 6
 
 
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
@@ -38,10 +41,63 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's global RNGs (weight init, dropout)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
+def _shape(value: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, value.shape)) + ")"
+
+
+def _layers(keys: list[str]) -> list[str]:
+    """The distinct layers (module names) of state_dict keys, in order."""
+    return list(dict.fromkeys(key.rpartition(".")[0] for key in keys))
+
+
+def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
+    """Why `state`'s tensors do not load into `model`: a phrase per kind of mismatch (or none)."""
+    own = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    theirs = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    shapes: dict[str, str] = {}
+    for key, value in own.items():
+        if key in theirs and theirs[key].shape != value.shape:
+            layer, _, name = key.rpartition(".")
+            shapes.setdefault(
+                layer, f"{layer} ({name} {_shape(theirs[key])} in the file, {_shape(value)} here)"
+            )
+    found = [
+        ("layers of other shapes", list(shapes.values())),
+        ("layers missing in the file", _layers([k for k in own if k not in theirs])),
+        ("layers not in this model", _layers([k for k in theirs if k not in own])),
+    ]
+    return [
+        f"{kind}: {', '.join(items[:_SHOWN])}"
+        + (f", and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+        for kind, items in found
+        if items
+    ]
+
+
+def init_from(model: DigitNet, path: str | Path) -> str:
+    """Copy the tensors (weights, BatchNorm statistics) of the model file at `path` into `model`;
+    a line for the log. Options without weights (pool, activation) may differ."""
+    state = load_state(path)
+    if "_extra_state" not in state:
+        raise CheckpointError(f"--init-from needs a model .pth saved by mnistcnn: {path}")
+    problems = mismatches(model, state)
+    if problems:
+        raise CheckpointError(
+            f"--init-from {path}: the weights do not fit this model; " + "; ".join(problems)
+        )
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    model.load_state_dict(tensors, strict=False)  # all but `_extra_state`: the model's own
+    return f"initialized all {len(tensors)} weight tensors from {path}"
+
+
+def freeze(model: DigitNet, part: str) -> int:
+    """Stop training `part` ("none" or "features"); returns the number of frozen parameters."""
+    # BatchNorm statistics still update in training mode, adapting them to the new data's
+    # contrast (AdaBN, Li et al. 2016): the cheapest useful change under a domain shift.
+    if part == "none":  # else "features", as the config checked
+        return 0
+    model.features.requires_grad_(False)
+    return sum(param.numel() for param in model.features.parameters())
 
 
 def _construct(section: str, cls: type, *args: Any, **kwargs: Any) -> Any:
@@ -65,9 +121,8 @@ def build_loss(cfg: Config) -> nn.Module:
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The configured `torch.optim` optimizer over the model's parameters."""
-    cls = config_mod.optimizers()[cfg.optim.name]
     params = [p for p in model.parameters() if p.requires_grad]  # frozen ones stay out
-    return _construct("optim", cls, params, **cfg.optim.kwargs)
+    return _construct("optim", config_mod.optimizers()[cfg.optim.name], params, **cfg.optim.kwargs)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
@@ -96,6 +151,4 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """Mixed precision on `device` if `enabled` and it pays off there (see autocast_dtype)."""
     dtype = autocast_dtype(device) if enabled else None
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

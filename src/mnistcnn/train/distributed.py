@@ -1,7 +1,6 @@
-"""Data-parallel training: `mnistcnn train --nproc N` (or torchrun) starts N processes, each a
-DDP replica on its shard of every batch. `data.batch_size` is the global batch, split evenly, so
-the recipe (learning rate included) is the same at any process count. Rank 0 alone shows
-progress and writes files."""
+"""Data-parallel training: `mnistcnn train --nproc N` (or torchrun) starts N processes, each a DDP
+replica on its shard of every batch. `data.batch_size` is the global batch, split evenly, so the
+recipe (learning rate included) is the same at any process count; rank 0 alone logs and writes."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ class World:
     local_rank: int = 0
 
     @property
-    def main(self) -> bool:
-        """The process that logs and writes files."""
+    def main(self) -> bool:  # the process that logs and writes files
         return self.rank == 0
 
     @property
@@ -126,8 +124,7 @@ def info_from_main(world: World) -> Iterator[None]:
     """Keep the package's info lines to rank 0 for the block: the others would repeat them."""
     logger = logging.getLogger("mnistcnn")
     level = logger.level
-    if not world.main:
-        logger.setLevel(logging.WARNING)
+    logger.setLevel(level if world.main else logging.WARNING)
     try:
         yield
     finally:
@@ -179,8 +176,7 @@ def restarted() -> bool:
 
 
 def launch(nproc: int, argv: list[str], checkpoint: Path, max_restarts: int = 0) -> int:
-    """Run `python -m mnistcnn ARGV` in `nproc` local processes (torchrun --standalone); the
-    exit code: 0, or the first failed process's."""
+    """Run `python -m mnistcnn ARGV` in `nproc` processes; 0, or the first failed one's code."""
     # If one fails, torchrun's agent stops the others (and, with `max_restarts`, starts them all
     # again: restarted, `train` resumes from the last finished epoch by itself).
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -18,17 +18,6 @@ from mnistcnn.model import DigitNet, count_batchnorms, fuse, inference_batch
 from mnistcnn.train.build import autocast
 
 
-def _check_finite(losses: torch.Tensor, done: int, epoch: int) -> None:
-    """Stop at the first loss that is NaN or infinite; `done` batches came before `losses`."""
-    bad = ~torch.isfinite(losses)
-    if bad.any():
-        first = int(bad.nonzero()[0])
-        raise TrainingError(
-            f"loss became {losses[first].item()} at epoch {epoch}, batch {done + first + 1}; "
-            "training stopped. Try a smaller learning rate (optim.lr)"
-        )
-
-
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -61,17 +50,21 @@ def train_one_epoch(
     def check(upto: int, log: bool) -> None:
         nonlocal window, checked
         recent = torch.stack(losses[checked:upto])
-        _check_finite(recent, checked, epoch)
-        if progress is not None:
-            progress.set_postfix(
-                loss=f"{recent.mean().item():.4f}", acc=f"{correct.item() / seen:.4f}"
+        bad = ~torch.isfinite(recent)
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            raise TrainingError(
+                f"loss became {recent[first].item()} at epoch {epoch}, batch "
+                f"{checked + first + 1}; training stopped. Try a smaller learning rate (optim.lr)"
             )
+        loss, right = recent.mean().item(), correct.item()
+        if progress is not None:
+            progress.set_postfix(loss=f"{loss:.4f}", acc=f"{right / seen:.4f}")
             progress.update(upto - checked)
         if log and on_log is not None:
-            right, lr = correct.item(), optimizer.param_groups[0]["lr"]
             accuracy = (right - window[0]) / max(seen - window[1], 1)
-            stats = {"loss": recent.mean().item(), "accuracy": accuracy, "lr": lr}
-            on_log(upto, {**stats, "grad_norm": grad_norm.item()})
+            lr, norm = optimizer.param_groups[0]["lr"], grad_norm.item()
+            on_log(upto, {"loss": loss, "accuracy": accuracy, "lr": lr, "grad_norm": norm})
             window = (right, seen)
         checked = upto
 
@@ -138,7 +131,5 @@ def evaluate(
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Cross-entropy loss and accuracy of `logits` against `labels`."""
     labels = labels.to(logits.device)
-    return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (logits.argmax(1) == labels).float().mean().item(),
-    }
+    loss = F.cross_entropy(logits, labels).item()
+    return {"loss": loss, "accuracy": (logits.argmax(1) == labels).float().mean().item()}
