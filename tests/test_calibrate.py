@@ -18,10 +18,16 @@ from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
 from mnistcnn.config import DataConfig
 from mnistcnn.data import split_train_val
-from mnistcnn.predict import tta
-from mnistcnn.predict.classify import classifier, classify
+from mnistcnn.predict.classify import (
+    VIEWS,
+    classifier,
+    classify,
+    images_view_logits,
+    probabilities,
+    stored_temperatures,
+    views,
+)
 from mnistcnn.predict.files import predict_paths
-from mnistcnn.temperature import probabilities, stored_temperatures
 
 
 def top_probs(confidence: list[float], predicted: list[int]) -> torch.Tensor:
@@ -90,7 +96,7 @@ def test_fit_stores_temperatures_that_lower_validation_ece(digit_model_run: dict
 def test_fit_temperature_on_real_validation_logits(digit_model: Any, mnist_train: Any) -> None:
     # The fixture model's validation split (val_size 1000): the T fit() stored, found again.
     val = split_train_val(mnist_train, DataConfig(val_size=1000))[1]
-    logits = tta.images_view_logits(digit_model, val.images, 0, views=1)[0]
+    logits = images_view_logits(digit_model, val.images, 0, count=1)[0]
     fitted = fit_temperature(logits, val.labels)
     assert fitted == pytest.approx(digit_model.meta["temperature"], rel=1e-4)
     assert nll(logits, val.labels, fitted) < nll(logits, val.labels)
@@ -98,8 +104,8 @@ def test_fit_temperature_on_real_validation_logits(digit_model: Any, mnist_train
 
 def test_tta_views_shape_identity_and_probabilities(digit_model: Any, mnist_test: Any) -> None:
     images = mnist_test.images[:100].float().div(255).unsqueeze(1)
-    moved = tta.views(images[:4])
-    assert moved.shape == (len(tta.VIEWS) * 4, 1, 28, 28)
+    moved = views(images[:4])
+    assert moved.shape == (len(VIEWS) * 4, 1, 28, 28)
     assert torch.allclose(moved[:4], images[:4], atol=1e-6)  # view 0 is the input itself
     assert not torch.allclose(moved[4:8], images[:4])
     probs = classify(digit_model, images.squeeze(1).numpy(), use_tta=True)
@@ -136,7 +142,7 @@ def test_eval_reports_ece_before_and_after_and_tta(
     assert cal["temperature_source"].startswith("stored in the model")
     assert cal["ece_calibrated"] < cal["ece"] and cal["ece_calibrated"] < 0.03
     assert cal["nll_calibrated"] <= cal["nll"]
-    assert cal["tta"]["views"] == len(tta.VIEWS)
+    assert cal["tta"]["views"] == len(VIEWS)
     assert cal["tta"]["accuracy"] >= cal["tta"]["accuracy_without"] - 0.01
     assert main(args) == 0
     out = capsys.readouterr().out

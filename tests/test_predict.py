@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from conftest import STYLES
 from PIL import Image
 
+from mnistcnn.cli import main
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import open_image, preprocess
 from mnistcnn.predict.classify import classifier, classify
@@ -203,6 +205,30 @@ def test_directory_input_is_expanded_to_its_images_sorted(
     predictions = list(predict_paths(classifier(digit_model), [folder]))
     assert [Path(p.path).name for p in predictions] == ["a.JPG", "b.png", "c.jpeg"]
     assert [p.label for p in predictions] == [7, 7, 7]
+
+
+def test_a_folder_of_class_subfolders_is_read_in_sorted_order(
+    digit_model_run: dict,
+    mnist_test: Any,
+    tmp_path: Path,
+    draw: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A data set laid out 0/ ... 9/: every image in the subfolders, sorted by path.
+    folder = tmp_path / "digits"
+    files = {"3/b.png": 3, "3/a.png": 3, "1/b.png": 1, "1/a.png": 1, "1/deeper/c.png": 0}
+    files |= {"0/b.png": 0, "0/a.png": 0}
+    for name, label in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        image = mnist_test.images[int((mnist_test.labels == label).nonzero()[0])].numpy()
+        draw(image, folder / name, canvas=100, height=70, at=(10, 20), style="RGB")
+    (folder / "notes.txt").write_text("not an image")
+    expected = sorted(files)
+    assert [p.relative_to(folder).as_posix() for p in expand_inputs([folder])] == expected
+    assert main(["predict", str(folder), "-m", str(digit_model_run["path"]), "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [Path(a["path"]).relative_to(folder).as_posix() for a in answers] == expected
+    assert [a["label"] for a in answers] == [files[name] for name in expected]
 
 
 def test_save_preprocessed_writes_28x28_pngs(

@@ -322,7 +322,7 @@ def test_predict_explain(
     tmp_path: Path,
 ) -> None:
     from mnistcnn.checkpoint import load_model
-    from mnistcnn.predict.explain import occlusion
+    from mnistcnn.predict.classify import occlusion
 
     seven = mnist_test.images[0].numpy()  # the test set's first digit is a 7
     Image.fromarray(255 - seven).resize((84, 84)).save(tmp_path / "seven.png")

@@ -1,8 +1,6 @@
 """Fitting honest confidence: temperature scaling on validation logits, and calibration error.
-
-A softmax trained with label smoothing claims less than it knows; dividing the logits by one
-scalar T fitted on held-out data fixes most of that without changing any prediction (Guo et al.,
-2017). Using a stored T is `temperature`'s job."""
+One scalar T dividing the logits fixes most of a softmax's over- or under-confidence without
+changing any prediction (Guo et al., 2017); `predict.classify` applies the stored T."""
 
 from __future__ import annotations
 
@@ -15,8 +13,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mnistcnn.predict import tta
-from mnistcnn.temperature import calibrated_probs, stored_temperatures
+from mnistcnn.predict.classify import images_view_logits, stored_temperatures
 
 if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
     from mnistcnn.data import Split
@@ -25,21 +22,24 @@ if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
 ECE_BINS = 15
 # log T is searched in [1/20, 20]: a network off by more than that is broken, not miscalibrated.
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
-# Validation images whose TTA views fit `tta_temperature`: enough for one scalar.
+# Validation images whose TTA views fit `tta_temperature`: enough for one scalar, and every view
+# of all of them would cost a short training run a third more.
 TTA_IMAGES = 1000
 
 
-def expected_calibration_error(
-    probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS
-) -> float:
-    """Sum over equal-width confidence bins (i/bins, (i+1)/bins] of |B|/n * |accuracy - conf|."""
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum over equal-width confidence bins (i/15, (i+1)/15] of |B|/n * |accuracy - conf|."""
     probs, labels = probs.double().cpu(), labels.cpu()
     confidence, predicted = probs.max(1)
     correct = (predicted == labels).double()
-    index = ((confidence * bins).ceil().long() - 1).clamp(0, bins - 1)
-    gap = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence - correct)
+    index = ((confidence * ECE_BINS).ceil().long() - 1).clamp(0, ECE_BINS - 1)
+    gap = torch.zeros(ECE_BINS, dtype=torch.float64).index_add_(0, index, confidence - correct)
     # |sum(conf - correct)| over a bin is |B| * |mean conf - accuracy|; divided by n: ECE.
     return gap.abs().sum().item() / max(len(labels), 1)
+
+
+def _ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    return expected_calibration_error(F.softmax(logits / temperature, dim=-1), labels)
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -70,10 +70,8 @@ def calibrate_logits(
     return {
         "temperature": temperature,
         "tta_temperature": fit_temperature(view_logits.mean(0), view_labels),
-        "val_ece": expected_calibration_error(calibrated_probs(logits, 1.0), labels),
-        "val_ece_calibrated": expected_calibration_error(
-            calibrated_probs(logits, temperature), labels
-        ),
+        "val_ece": _ece(logits, labels),
+        "val_ece_calibrated": _ece(logits, labels, temperature),
     }
 
 
@@ -81,20 +79,13 @@ def calibrate_model(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> dict[str, float]:
     """`calibrate_logits` of `model` on validation images (N, 28, 28) uint8."""
-    # TTA's T on the first TTA_IMAGES: every view of all would cost a short run a third more.
-    plain = tta.images_view_logits(model, images, batch_size, views=1)[0]
-    few = slice(0, TTA_IMAGES)
-    views = tta.images_view_logits(model, images[few], batch_size)
-    return calibrate_logits(plain, labels, views, labels[few])
+    plain = images_view_logits(model, images, batch_size, count=1)[0]
+    views = images_view_logits(model, images[:TTA_IMAGES], batch_size)
+    return calibrate_logits(plain, labels, views, labels[:TTA_IMAGES])
 
 
 def fit_on_validation(
-    model: nn.Module,
-    model_path: str | Path,
-    data_dir: str | Path,
-    *,
-    download: bool,
-    batch_size: int,
+    model: nn.Module, model_path: str | Path, data_dir: str | Path, download: bool, batch_size: int
 ) -> tuple[dict[str, float], str]:
     """`calibrate_model` on the validation split rebuilt now, and which split it was."""
     # The split as the `.yaml` written beside the model says, else the defaults: a model trained
@@ -104,16 +95,12 @@ def fit_on_validation(
 
     sidecar = Path(model_path).with_suffix(".yaml")
     try:
-        loaded = yaml.safe_load(sidecar.read_text()) if sidecar.is_file() else None
+        loaded = yaml.safe_load(sidecar.read_text())
     except (yaml.YAMLError, OSError):
         loaded = None
     data = loaded.get("data") if isinstance(loaded, dict) else None
     data = data if isinstance(data, dict) else {}
-    defaults = DataConfig()
-    split = DataConfig(
-        val_size=int(data.get("val_size", defaults.val_size)),
-        split_seed=int(data.get("split_seed", defaults.split_seed)),
-    )
+    split = DataConfig(**{k: int(data[k]) for k in ("val_size", "split_seed") if k in data})
     train = load_mnist(data_dir, train=True, download=download, cache=default_cache_dir())
     val = split_train_val(train, split)[1]
     where = f"as in {sidecar.name}" if data else f"defaults: no {sidecar.name} beside the model"
@@ -133,30 +120,28 @@ def evaluate_calibration(
     batch_size: int,
     use_tta: bool = False,
 ) -> dict[str, Any]:
-    """ECE and NLL of test `logits` before and after temperature scaling; with `use_tta` accuracy
-    and ECE of the views' averaged logits. A model without temperatures gets them fitted now."""
+    """ECE and NLL of test `logits` before and after temperature scaling, TTA's accuracy and ECE."""
+    # A model without stored temperatures gets them fitted now, as `calibrate` would.
     temps = stored_temperatures(getattr(model, "meta", {}))
     source = "stored in the model, fitted on its validation split"
     if temps is None:
-        fitted, split = fit_on_validation(
-            model, model_path, data_dir, download=download, batch_size=batch_size
-        )
+        fitted, split = fit_on_validation(model, model_path, data_dir, download, batch_size)
         temps = {k: fitted[k] for k in ("temperature", "tta_temperature")}
         source = f"not stored in the model: fitted now on {split}; `mnistcnn calibrate` stores it"
     # (V, N, 10): with TTA every view of the test images, else the plain input only.
-    views = tta.images_view_logits(model, test.images, batch_size) if use_tta else logits[None]
+    views = images_view_logits(model, test.images, batch_size) if use_tta else logits[None]
     logits, labels, t = views[0].double(), test.labels.cpu(), temps["temperature"]
     report: dict[str, Any] = {
         **temps,
         "temperature_source": source,
         "bins": ECE_BINS,
-        "ece": expected_calibration_error(calibrated_probs(logits, 1.0), labels),
-        "ece_calibrated": expected_calibration_error(calibrated_probs(logits, t), labels),
+        "ece": _ece(logits, labels),
+        "ece_calibrated": _ece(logits, labels, t),
         "nll": nll(logits, labels),
         "nll_calibrated": nll(logits, labels, t),
     }
     if use_tta:
-        probs = calibrated_probs(views.double().mean(0), temps["tta_temperature"])
+        probs = F.softmax(views.double().mean(0) / temps["tta_temperature"], dim=-1)
         report["tta"] = {
             "views": len(views),
             "accuracy": (probs.argmax(1) == labels).double().mean().item(),

@@ -197,14 +197,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     onnx = Path(args.model).suffix.lower() == ".onnx"
     _check_predict_flags(args, onnx)
     if onnx:  # onnxruntime: torch is never imported
-        from mnistcnn.predict.onnx import load_onnx
+        from mnistcnn.predict.files import load_onnx
 
         model: Any = load_onnx(args.model)
         calibrated = model.temperature is not None
     else:
         from mnistcnn.checkpoint import load_model
-        from mnistcnn.predict.classify import classifier
-        from mnistcnn.temperature import stored_temperatures
+        from mnistcnn.predict.classify import classifier, stored_temperatures
         from mnistcnn.predict.number import predict_numbers
 
         model = load_model(args.model)
@@ -225,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = _show(found, args.json, _number_line if args.multi else _label_line)
     _note_uncalibrated(calibrated, results, args.model)
     if args.explain:
-        from mnistcnn.predict.explain import explain_predictions
+        from mnistcnn.predict.classify import explain_predictions
 
         for path in explain_predictions(model, results, args.save_preprocessed):
             stderr(f"saved {path}")

@@ -1,27 +1,28 @@
-"""Image files in -> `Answer`s out, for any classifier of 28x28 digits (torch or ONNX); torch-free.
-Folders are expanded to their images and streamed in chunks so memory stays bounded; a file that
-cannot be read becomes an error entry while the rest go on; what the model saw can be saved."""
+"""Image files in -> `Answer`s out, for any classifier of 28x28 digits: a torch model's, or an
+exported `.onnx` one run by onnxruntime (this module never imports torch: that costs seconds).
+Files are streamed in chunks; one that cannot be read becomes an error entry, the rest go on."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from mnistcnn.errors import ImageError
+from mnistcnn.errors import CheckpointError, ImageError, MnistCnnError
 from mnistcnn.photo import Steps, preprocess, steps_panel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DIGITS = tuple(range(10))
-
 # Below this calibrated probability an answer is flagged: the model is then more likely wrong
 # than right, and a person should look (a calibrated 0.5 is right about half the time).
 MIN_CONFIDENCE = 0.5
-
 # Calibrated probabilities (N, 10) of 28x28 images in [0, 1], shaped (N, 28, 28).
 Classifier = Callable[[np.ndarray], np.ndarray]
 
@@ -39,10 +40,11 @@ class Answer:
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given; directories replaced by the image files in them, sorted by name."""
+    """Files as given; folders replaced by the image files in them and their subfolders, sorted."""
     for path in map(Path, paths):
         if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(p for p in found if not p.is_dir())
         else:
             yield path
 
@@ -107,3 +109,54 @@ def predict_paths(
                 low = top[0][1] < min_confidence
                 results[path] = Answer(str(path), top[0][0], top[0][1], top, low_confidence=low)
         yield from (results[path] for path in batch)
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An onnxruntime session over an `mnistcnn export`: the graph normalizes [0, 1] pixels itself
+    and its metadata names the input, the output, the labels and the temperature."""
+
+    session: Any  # onnxruntime.InferenceSession
+    input_name: str
+    output_name: str
+    labels: tuple[int, ...]
+    temperature: float | None  # None: exported from a model trained before `calibrate`
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, 10) for 28x28 images in [0, 1], shaped (N, 28, 28)."""
+        batch = np.ascontiguousarray(images, dtype=np.float32)[:, None]
+        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
+        logits = logits.astype(np.float64) / (self.temperature or 1.0)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def load_onnx(path: str | Path) -> OnnxModel:
+    """Open an `.onnx` file written by `mnistcnn export` for CPU inference."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file not found: {path}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MnistCnnError(
+            "running .onnx models needs onnxruntime: pip install 'mnistcnn[export]'"
+        ) from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no notices on stderr in a CLI
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"not a readable ONNX model: {path} ({detail})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if "labels" not in meta or "input" not in meta or "output" not in meta:
+        raise CheckpointError(f"not an mnistcnn export (no labels/input/output metadata): {path}")
+    labels = tuple(map(int, json.loads(meta["labels"])))
+    # The temperature is in the export's training metadata (the model's meta), if valid.
+    try:
+        t = json.loads(meta.get("training", "{}")).get("temperature")
+    except (ValueError, AttributeError):
+        t = None
+    valid = isinstance(t, int | float) and math.isfinite(t) and t > 0
+    return OnnxModel(session, meta["input"], meta["output"], labels, float(t) if valid else None)

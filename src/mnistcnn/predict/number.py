@@ -1,6 +1,6 @@
-"""Reading a number, a row of digits in one image (a year, a phone number), left to right: its
-groups of ink read whole, cut where digits touch or joined where one digit is broken in two,
-whichever reading the model finds likeliest (a best path over the groups)."""
+"""Reading a row of digits in one image (a year, a phone number) left to right: its groups of ink
+read whole, cut where digits touch or joined where one digit is broken in two, whichever reading
+the model finds likeliest (a best path over the groups)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import torch
 from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import Preprocessed, Row, segment
-from mnistcnn.predict.classify import digit_logits
+from mnistcnn.predict.classify import digit_logits, probabilities
 from mnistcnn.predict.files import MIN_CONFIDENCE, Views, expand_inputs
-from mnistcnn.temperature import probabilities
 
 # Log-probability a reading pays per cut of a group (touching digits) and per join of two (one
 # digit broken in two): a cut or a join must make the model clearly surer, not just give shapes
@@ -89,25 +88,19 @@ def _read(
     chosen = _best_path(row, index, _scores(logits.mean(0), row, candidates))
     probs = probabilities(logits, model.meta, use_tta)
     values, labels = probs[chosen].topk(min(top_k, probs.shape[1]), dim=1)
-    rows = zip(labels.tolist(), values.tolist(), strict=True)
-    tops = [list(zip(labs, vals, strict=True)) for labs, vals in rows]
-    number = "".join(str(top[0][0]) for top in tops)
+    pairs = zip(labels.tolist(), values.tolist(), strict=True)
+    tops = [list(zip(labs, vals, strict=True)) for labs, vals in pairs]
     probability = float(np.prod([top[0][1] for top in tops]))
     digits = [candidates[i] for i in chosen]
+    number = "".join(str(top[0][0]) for top in tops)
     return NumberAnswer(str(path), number, probability, tops, [d.box for d in digits]), digits
 
 
 def read_number(
-    model: DigitNet,
-    path: str | Path,
-    *,
-    top_k: int = 1,
-    use_tta: bool = False,
-    row: Row | None = None,
+    model: DigitNet, path: str | Path, top_k: int = 1, use_tta: bool = False, row: Row | None = None
 ) -> NumberAnswer:
     """The number in one image (ImageError if none); `row`: its `segment`ation, if at hand."""
-    row = segment(path) if row is None else row
-    return _read(model, Path(path), row, top_k, use_tta)[0]
+    return _read(model, Path(path), segment(path) if row is None else row, top_k, use_tta)[0]
 
 
 def predict_numbers(
@@ -131,7 +124,6 @@ def predict_numbers(
         if views is not None and row.steps is not None:
             images = [d.image for d in digits]
             crops = [d.crop for d in digits if d.crop is not None]
-            views.save(
-                path, images, replace(row.steps, boxes=read.boxes, crops=crops, images=images)
-            )
+            steps = replace(row.steps, boxes=read.boxes, crops=crops, images=images)
+            views.save(path, images, steps)
         yield replace(read, low_confidence=read.probability < min_confidence)
