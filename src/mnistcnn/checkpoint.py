@@ -1,7 +1,5 @@
-"""Model files and training checkpoints: atomic writes, `weights_only=True` reads, one-line errors.
-
-A model file is the model's `state_dict`, which describes itself (see `model.nets.DigitNet`).
-"""
+"""Model files (a self-describing state_dict, see `model.nets.DigitNet`) and training checkpoints:
+atomic writes, `weights_only=True` reads, one-line errors."""
 
 from __future__ import annotations
 
@@ -19,10 +17,9 @@ from mnistcnn.model import DigitNet, model_from_state
 
 def save_model(model: DigitNet, path: str | Path) -> None:
     """Atomically write the model's state_dict (with its description) to `path`."""
-    state = {
-        k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()
-    }
-    atomic_write(path, lambda f: torch.save(state, f))
+    state = model.state_dict()
+    cpu = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+    atomic_write(path, lambda f: torch.save(cpu, f))
 
 
 # Pickle opcodes that import or call Python objects; plain weights need none outside torch.
@@ -32,7 +29,7 @@ _OBJECT_OPCODES = frozenset(
 
 
 def _builds_objects(path: Path, exc: pickle.UnpicklingError) -> bool:
-    """Did the weights-only unpickler refuse code-like content, or just garbage bytes?"""
+    """Whether the weights-only unpickler refused code-like content rather than garbage bytes."""
     if "GLOBAL" in str(exc):
         return True
     try:  # genops only parses opcodes; it never imports or calls anything
@@ -51,6 +48,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty (0 bytes): {path}")
+    unreadable = "not a readable PyTorch model file (truncated or corrupt?)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -59,14 +57,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
                 f"refusing to load {path}: it holds Python objects, not only weights, and "
                 "loading it could run code (torch.load with weights_only=True rejected it)"
             ) from None
-        raise CheckpointError(
-            f"not a readable PyTorch model file (truncated or corrupt?): {path}"
-        ) from None
+        raise CheckpointError(f"{unreadable}: {path}") from None
     except Exception as exc:  # torch raises many kinds (KeyError, EOFError, ...) on garbage
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"not a readable PyTorch model file (truncated or corrupt?): {path} ({detail})"
-        ) from None
+        raise CheckpointError(f"{unreadable}: {path} ({detail})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state_dict")
     return state

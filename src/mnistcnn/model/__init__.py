@@ -5,7 +5,6 @@ A saved `.pth` is the model's state_dict and describes itself (see `nets.DigitNe
 
 from __future__ import annotations
 
-from mnistcnn.model.fusion import count_batchnorms, fuse
 from mnistcnn.model.nets import (
     IMAGE_SIZE,
     MODELS,
@@ -15,8 +14,10 @@ from mnistcnn.model.nets import (
     model_from_state,
 )
 from mnistcnn.model.summary import (
+    count_batchnorms,
     count_parameters,
     format_layer_table,
+    fuse,
     inference_batch,
     layer_table,
 )

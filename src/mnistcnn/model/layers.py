@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,19 @@ ACTIVATIONS = ("relu", "gelu", "silu")
 GROUPS = 8
 
 
+class Spec(NamedTuple):
+    """What every stage of a CNN shares: conv blocks, skips between them (`residual`), SE gates."""
+
+    kernel_size: int
+    norm: str
+    activation: str
+    residual: bool = False
+    se: bool = False
+
+
+Pool = nn.Module | None
+
+
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     """Output side of a convolution or pooling layer: floor((size + 2p - k) / s) + 1."""
     return (size + 2 * padding - kernel) // stride + 1
@@ -26,10 +40,8 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     """BatchNorm2d, GroupNorm, LayerNorm over (C, H, W) (GroupNorm with one group), or nothing."""
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(channels, GROUPS), channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)
+    if kind in ("group", "layer"):
+        return nn.GroupNorm(math.gcd(channels, GROUPS) if kind == "group" else 1, channels)
     return nn.Identity()
 
 
@@ -48,22 +60,13 @@ def pool_layer(kind: str) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """Conv -> [pool] -> norm -> activation with 'same' padding; no conv bias before a norm."""
 
-    def __init__(
-        self,
-        cin: int,
-        cout: int,
-        kernel_size: int,
-        norm: str = "batch",
-        activation: str = "relu",
-        stride: int = 1,
-        pool: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, cin: int, cout: int, spec: Spec, stride: int = 1, pool: Pool = None) -> None:
         # A norm subtracts the mean and adds its own shift, so a conv bias before it is wasted.
         conv = nn.Conv2d(
-            cin, cout, kernel_size, stride, padding=kernel_size // 2, bias=norm == "none"
+            cin, cout, spec.kernel_size, stride, spec.kernel_size // 2, bias=spec.norm == "none"
         )
         pooled = [conv] if pool is None else [conv, pool]
-        super().__init__(*pooled, norm_layer(norm, cout), activation_layer(activation))
+        super().__init__(*pooled, norm_layer(spec.norm, cout), activation_layer(spec.activation))
 
 
 class GlobalAvgPool(nn.Module):
@@ -89,11 +92,11 @@ torch.fx.wrap("_global_mean")
 class SqueezeExcite(nn.Module):
     """Channel attention (Hu et al. 2018): each channel scaled by a gate from all the means."""
 
-    def __init__(self, channels: int, activation: str = "relu", reduction: int = 4) -> None:
+    def __init__(self, channels: int, activation: str) -> None:
         super().__init__()
-        hidden = max(channels // reduction, 4)  # the bottleneck; 4 keeps narrow stages useful
+        hidden = max(channels // 4, 4)  # the bottleneck; 4 keeps narrow stages useful
         self.gate = nn.Sequential(
-            GlobalAvgPool(),  # (N, C, 1, 1): one mean per channel
+            GlobalAvgPool(),
             nn.Conv2d(channels, hidden, 1),
             activation_layer(activation),
             nn.Conv2d(hidden, channels, 1),
@@ -119,41 +122,27 @@ class SpatialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        q = self.query(x).flatten(2).transpose(1, 2)  # (N, H*W, inner)
-        k = self.key(x).flatten(2).transpose(1, 2)  # (N, H*W, inner)
-        v = self.value(x).flatten(2).transpose(1, 2)  # (N, H*W, C)
+        q, k, v = (
+            layer(x).flatten(2).transpose(1, 2) for layer in (self.query, self.key, self.value)
+        )
         mixed = F.scaled_dot_product_attention(q, k, v)  # (N, H*W, C)
         return x + self.scale * mixed.transpose(1, 2).reshape(n, c, h, w)
 
 
 class Stage(nn.Module):
-    """`convs` ConvBlocks at one resolution, optional skips (`residual`) and an SE gate (`se`).
-
-    `stride` 2 in the first block downsamples; a `pool` goes in the last block, after its conv.
-    """
+    """`convs` ConvBlocks at one resolution: the first widens and strides, the last pools."""
 
     def __init__(
-        self,
-        cin: int,
-        cout: int,
-        convs: int,
-        kernel_size: int,
-        norm: str = "batch",
-        residual: bool = False,
-        activation: str = "relu",
-        se: bool = False,
-        stride: int = 1,
-        pool: nn.Module | None = None,
+        self, cin: int, cout: int, convs: int, spec: Spec, stride: int, pool: Pool
     ) -> None:
         super().__init__()
         blocks = []
-        for i in range(convs):  # the first block widens and strides, the last one pools
+        for i in range(convs):
             tail = pool if i == convs - 1 else None
-            spec = (kernel_size, norm, activation, 1 if i else stride, tail)
-            blocks.append(ConvBlock(cout if i else cin, cout, *spec))
+            blocks.append(ConvBlock(cout if i else cin, cout, spec, 1 if i else stride, tail))
         self.first, self.rest = blocks[0], nn.ModuleList(blocks[1:])
-        self.residual = residual
-        self.se = SqueezeExcite(cout, activation) if se else nn.Identity()
+        self.residual = spec.residual
+        self.se = SqueezeExcite(cout, spec.activation) if spec.se else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from mnistcnn.model.layers import (
     ConvBlock,
     GlobalAvgPool,
     SpatialAttention,
+    Spec,
     Stage,
     conv_out,
     pool_layer,
@@ -33,11 +35,10 @@ NUM_CLASSES = 10
 IMAGE_SIZE = 28
 # Bumped when the extra state changes meaning; a newer file is refused, not misread.
 FORMAT_VERSION = 1
+DESCRIPTION = ("arch", "args", "mean", "std", "meta")  # the extra state besides its format
 
 
-def _check_sizes(
-    sizes: list[int] | tuple[int, ...], rates: list[float] | tuple[float, ...]
-) -> None:
+def _check_sizes(sizes: Sequence[int], rates: Sequence[float]) -> None:
     """Layer widths must be positive and dropout rates in [0, 1)."""
     if min(sizes) < 1:
         raise ConfigError(f"model: layer sizes must be >= 1, got {list(sizes)}")
@@ -49,29 +50,23 @@ class DigitNet(nn.Module):
     """Base of every registered model: normalization in `forward`, identity in extra state."""
 
     arch = ""
+    features: nn.Module  # set by each model, as is `classifier`
+    classifier: nn.Module
 
     def __init__(self) -> None:
         super().__init__()
         self.args: dict[str, Any] = {}
-        self.mean = MNIST_MEAN
-        self.std = MNIST_STD
+        self.mean, self.std = MNIST_MEAN, MNIST_STD
         self.meta: dict[str, Any] = {}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.classifier(self.features(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.logits((images - self.mean) / self.std)
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "arch": self.arch,
-            "args": self.args,
-            "mean": self.mean,
-            "std": self.std,
-            "meta": self.meta,
-        }
+        return {"format": FORMAT_VERSION} | {key: getattr(self, key) for key in DESCRIPTION}
 
     def set_extra_state(self, state: Any) -> None:
         describe(state)  # validates
@@ -89,8 +84,7 @@ class DigitNet(nn.Module):
 
 def describe(state: Any) -> dict[str, Any]:
     """Check a `_extra_state` dict written by `DigitNet.get_extra_state` and return it."""
-    keys = {"format", "arch", "args", "mean", "std", "meta"}
-    if not isinstance(state, dict) or not keys <= state.keys():
+    if not isinstance(state, dict) or not {"format", *DESCRIPTION} <= state.keys():
         raise CheckpointError("the file's _extra_state is not an mnistcnn model description")
     if not isinstance(state["format"], int) or state["format"] > FORMAT_VERSION:
         raise CheckpointError(
@@ -136,16 +130,11 @@ class Baseline(DigitNet):
             nn.Linear(hidden, NUM_CLASSES),
         )
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
 
 class CNN(DigitNet):
-    """The default: stages of conv blocks, a 2x2 downsampling between them, GAP, dropout, linear.
+    """The default: stages of conv blocks, 2x2 downsampling between them, GAP, dropout, linear.
 
-    The defaults are the original network (same state_dict keys and initial weights); every
-    option is explained in docs/architectures.md. `batch_norm: false` is the spelling of
-    `norm: none` in files saved before `norm` existed.
+    Options: docs/architectures.md. `batch_norm: false` spells `norm: none` in older files.
     """
 
     arch = "cnn"
@@ -166,77 +155,57 @@ class CNN(DigitNet):
         stem: int = 0,
     ) -> None:
         super().__init__()
+        if not channels or len(convs_per_stage) != len(channels) or min(convs_per_stage) < 1:
+            raise ConfigError(
+                "model: convs_per_stage needs one count >= 1 per entry of channels "
+                f"(got channels={list(channels)}, convs_per_stage={list(convs_per_stage)})"
+            )
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ConfigError(f"model: kernel_size must be odd and positive, not {kernel_size}")
+        _check_sizes(channels, [dropout])
+        if stem < 0:
+            raise ConfigError(f"model: stem must be >= 0 channels (0: no stem), not {stem}")
+        if len(channels) > (4 if stem else 5):
+            raise ConfigError(
+                "model: at most 5 stages, 4 with a stem (each halves the 28-pixel side)"
+            )
         choices = {"norm": norm, "attention": attention, "pool": pool, "activation": activation}
-        norm = _check_cnn(
-            channels, convs_per_stage, kernel_size, batch_norm, dropout, stem, choices
-        )
+        valid = {"norm": NORMS, "attention": ATTENTIONS, "pool": POOLS, "activation": ACTIVATIONS}
+        for key, value in choices.items():
+            if value not in valid[key]:
+                raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(valid[key])}")
+        if not batch_norm and norm not in ("batch", "none"):
+            raise ConfigError(
+                f"model: batch_norm: false contradicts norm: {norm}; set only model.norm"
+            )
         if pool_before_norm and (pool == "strided" or residual):
             raise ConfigError(
                 "model: pool_before_norm needs pool max or avg and no residual (a skip adds the "
                 "unpooled input)"
             )
-        se = attention in ("se", "both")
-        layers = [ConvBlock(1, stem, kernel_size, norm, activation, stride=2)] if stem else []
+        spec = Spec(
+            kernel_size,
+            norm if batch_norm else "none",
+            activation,
+            residual,
+            attention in ("se", "both"),
+        )
+        layers = [ConvBlock(1, stem, spec, stride=2)] if stem else []
         cin = stem or 1
         for i, (cout, convs) in enumerate(zip(channels, convs_per_stage, strict=True)):
             if i and pool != "strided" and not pool_before_norm:
                 layers.append(pool_layer(pool))
-            stride = 2 if i and pool == "strided" else 1
             inner = pool_layer(pool) if pool_before_norm and i < len(channels) - 1 else None
-            layers.append(
-                Stage(cin, cout, convs, kernel_size, norm, residual, activation, se, stride, inner)
-            )
+            layers.append(Stage(cin, cout, convs, spec, 2 if i and pool == "strided" else 1, inner))
             cin = cout
         if attention in ("spatial", "both"):
             # After the last stage only: attention costs (H*W)^2 per image, 49^2 at 7x7 but
             # 784^2 at 28x28, and a 7x7 map's positions already each see most of the digit.
             layers.append(SpatialAttention(cin))
-        # (N, channels[-1], side, side): 28 halved between stages, and once more by a stem.
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)  # 28 halved between stages, and once by a stem
         self.classifier = nn.Sequential(
-            GlobalAvgPool(),  # (N, channels[-1], 1, 1)
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(cin, NUM_CLASSES),
+            GlobalAvgPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, NUM_CLASSES)
         )
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def _check_cnn(
-    channels: tuple[int, ...],
-    convs_per_stage: tuple[int, ...],
-    kernel_size: int,
-    batch_norm: bool,
-    dropout: float,
-    stem: int,
-    choices: dict[str, str],
-) -> str:
-    """Raise ConfigError for impossible CNN options; return the norm to use."""
-    if not channels or len(convs_per_stage) != len(channels) or min(convs_per_stage) < 1:
-        raise ConfigError(
-            "model: convs_per_stage needs one count >= 1 per entry of channels "
-            f"(got channels={list(channels)}, convs_per_stage={list(convs_per_stage)})"
-        )
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"model: kernel_size must be odd and positive, not {kernel_size}")
-    _check_sizes(channels, [dropout])
-    if stem < 0:
-        raise ConfigError(f"model: stem must be >= 0 channels (0: no stem), not {stem}")
-    if len(channels) > (4 if stem else 5):
-        raise ConfigError("model: at most 5 stages, 4 with a stem (each halves the 28-pixel side)")
-    valid = {"norm": NORMS, "attention": ATTENTIONS, "pool": POOLS, "activation": ACTIVATIONS}
-    for key, value in choices.items():
-        if value not in valid[key]:
-            raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(valid[key])}")
-    if batch_norm:
-        return choices["norm"]
-    if choices["norm"] not in ("batch", "none"):
-        raise ConfigError(
-            f"model: batch_norm: false contradicts norm: {choices['norm']}; set only model.norm"
-        )
-    return "none"
 
 
 MODELS: dict[str, type[DigitNet]] = {cls.arch: cls for cls in (Baseline, CNN)}

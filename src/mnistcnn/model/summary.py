@@ -1,15 +1,17 @@
-"""What a model looks like from outside: `model show`'s layer table, sizes and batch sizing.
+"""A model seen from outside: `model show`'s layer table, sizes, batch sizing, BatchNorm folding.
 
 The table and the sizes come from one blank image run through forward hooks (`_probe`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from mnistcnn.model.layers import ConvBlock, conv_out
 from mnistcnn.model.nets import IMAGE_SIZE, DigitNet
@@ -17,17 +19,16 @@ from mnistcnn.model.nets import IMAGE_SIZE, DigitNet
 # On a CPU, inference slows down severalfold once a batch's largest feature map outgrows the
 # caches, so batches are sized to keep that map within this many bytes.
 CPU_BATCH_BYTES = 4 * 2**20
-# On an accelerator, big batches keep it busy.
-DEVICE_BATCH = 1000
+DEVICE_BATCH = 1000  # on an accelerator, big batches keep it busy
+Module = TypeVar("Module", bound=nn.Module)
 
 
 @torch.no_grad()
 def _probe(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]]) -> None:
     """Run one blank image through `model` in eval mode with forward `hooks`, then restore it."""
+    was_training, device = model.training, next(model.parameters()).device
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
-    was_training = model.training
     try:
-        device = next(model.parameters()).device
         model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
     finally:
         for handle in handles:
@@ -75,26 +76,20 @@ def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
 
 def layer_table(model: DigitNet) -> list[dict[str, Any]]:
     """A row per layer but containers: name, type, output shape, side arithmetic, own params."""
-    rows: dict[str, dict[str, Any]] = {}
-    hooks: dict[nn.Module, Callable[..., None]] = {}
+    rows: dict[nn.Module, dict[str, Any]] = {}
 
-    def record(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
-            shape = ("N", *output.shape[1:]) if torch.is_tensor(output) else ()
-            side_in = inputs[0].shape[-1] if inputs and inputs[0].dim() == 4 else 0
-            formula = _side_formula(module, side_in, output.shape[-1]) if side_in else ""
-            rows[name].update(shape=shape, arithmetic=formula)
-
-        return hook
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+        shape = ("N", *output.shape[1:]) if torch.is_tensor(output) else ()
+        side_in = inputs[0].shape[-1] if inputs and inputs[0].dim() == 4 else 0
+        formula = _side_formula(module, side_in, output.shape[-1]) if side_in else ""
+        rows[module].update(shape=shape, arithmetic=formula)
 
     for name, module in model.named_modules():
-        if not name or type(module) in (nn.Sequential, nn.ModuleList, ConvBlock, nn.Identity):
-            continue
-        params = sum(p.numel() for p in module.parameters(recurse=False))  # sums to the total
-        rows[name] = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
-        rows[name]["arithmetic"] = ""
-        hooks[module] = record(name)
-    _probe(model, hooks)
+        if name and type(module) not in (nn.Sequential, nn.ModuleList, ConvBlock, nn.Identity):
+            params = sum(p.numel() for p in module.parameters(recurse=False))  # sums to the total
+            row = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
+            rows[module] = {**row, "arithmetic": ""}
+    _probe(model, dict.fromkeys(rows, record))
     return list(rows.values())
 
 
@@ -117,8 +112,45 @@ def format_layer_table(model: DigitNet) -> str:
         for line in lines
     ]
     total = sum(p.numel() for p in model.parameters())
-    out.append(
-        f"{model.arch}: {total:,} parameters ({count_parameters(model):,} trainable); "
-        f"args {model.args}"
-    )
+    trainable = count_parameters(model)
+    out.append(f"{model.arch}: {total:,} parameters ({trainable:,} trainable); args {model.args}")
     return "\n".join(out)
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    """BatchNorm layers in `model` (what `fuse` folds away)."""
+    return sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
+
+
+def fuse(model: Module) -> Module:
+    """An eval-mode copy with every BatchNorm folded into the Conv2d or Linear before it.
+
+    Every model keeps its layers in `nn.Sequential`s, so a foldable pair is two neighbours in one
+    (or two apart around a pool that commutes with the norm); the BatchNorm becomes Identity.
+    """
+    fused = copy.deepcopy(model).eval()
+    for seq in fused.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            j = i + 2 if i + 2 < len(seq) and _commutes(seq[i + 1], seq[i + 2]) else i + 1
+            layer, norm = seq[i], seq[j]
+            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                folder: Callable[[Any, Any], nn.Module] = fuse_conv_bn_eval
+            elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
+                folder = fuse_linear_bn_eval
+            else:
+                continue
+            # Folding in float64 keeps the new weights' rounding well below the 1e-5 the fused
+            # model's logits may differ by; the layer then runs in its own dtype again.
+            dtype = layer.weight.dtype
+            seq[i], seq[j] = folder(layer.double(), norm.double()).to(dtype), nn.Identity()
+    return fused
+
+
+def _commutes(pool: nn.Module, norm: nn.Module) -> bool:
+    """Whether `norm(pool(x)) == pool(norm(x))` for a BatchNorm2d `norm` in eval mode."""
+    # An average commutes with the per-channel affine map; a max only if every scale is positive.
+    if not isinstance(norm, nn.BatchNorm2d) or not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
+        return False
+    return isinstance(pool, nn.AvgPool2d) or norm.weight is None or bool((norm.weight > 0).all())
