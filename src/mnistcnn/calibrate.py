@@ -1,6 +1,5 @@
-"""Fitting honest confidence: temperature scaling on validation logits, and calibration error.
-One scalar T dividing the logits fixes most of a softmax's over- or under-confidence without
-changing any prediction (Guo et al., 2017); `predict.classify` applies the stored T."""
+"""Fitting honest confidence: one T dividing the logits, fitted on validation data, fixes most
+miscalibration and changes no prediction (Guo et al., 2017); `predict.classify` applies it."""
 
 from __future__ import annotations
 

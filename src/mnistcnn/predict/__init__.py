@@ -1,2 +1,2 @@
-"""Image files in, digits out: the file loop (files), torch models (classify, number, tta,
-explain) and ONNX models (onnx). Import-free: the ONNX path never imports torch."""
+"""Image files in, digits out: the file loop and ONNX models (files), torch models (classify),
+rows of digits (number). Import-free: the ONNX path never imports torch."""

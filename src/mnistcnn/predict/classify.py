@@ -36,8 +36,7 @@ def stored_temperatures(meta: dict[str, Any]) -> dict[str, float] | None:
 
 def probabilities(view_logits: torch.Tensor, meta: dict[str, Any], use_tta: bool) -> torch.Tensor:
     """Calibrated probabilities (N, 10) of logits (V, N, 10): view 0's, or with TTA their mean's."""
-    # Logits are averaged, not probabilities: a mean of softmaxes is less sure than any one view.
-    # T = 1 (the raw softmax) for a model without stored temperatures.
+    # Logits are averaged: a mean of softmaxes is less sure than any one view. No T stored: T = 1.
     temps = stored_temperatures(meta) or {"temperature": 1.0, "tta_temperature": 1.0}
     if use_tta:
         return F.softmax(view_logits.float().mean(0) / temps["tta_temperature"], dim=-1)
@@ -81,9 +80,8 @@ def digit_logits(model: DigitNet, images: np.ndarray, use_tta: bool = False) -> 
     """Raw logits (V, N, 10) of 28x28 images in [0, 1], (N, 28, 28): V = 1, or the TTA views."""
     device = next(model.parameters()).device
     batch = torch.from_numpy(np.asarray(images, dtype=np.float32)).to(device).unsqueeze(1)
-    if use_tta:
-        return view_logits(model, batch).cpu()
-    return model.eval()(batch).float()[None].cpu()
+    logits = view_logits(model, batch) if use_tta else model.eval()(batch).float()[None]
+    return logits.cpu()
 
 
 def classify(model: DigitNet, images: np.ndarray, use_tta: bool = False) -> torch.Tensor:

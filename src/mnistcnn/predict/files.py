@@ -1,6 +1,5 @@
 """Image files in -> `Answer`s out, for any classifier of 28x28 digits: a torch model's, or an
-exported `.onnx` one run by onnxruntime (this module never imports torch: that costs seconds).
-Files are streamed in chunks; one that cannot be read becomes an error entry, the rest go on."""
+exported `.onnx` one run by onnxruntime (this module never imports torch: that costs seconds)."""
 
 from __future__ import annotations
 
@@ -59,20 +58,13 @@ def unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-class Views:
-    """Writes what the model saw as `NAME.png` (the 28x28 inputs) and `NAME.steps.png`."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out_dir = Path(out_dir)
-        self.taken: set[str] = set()
-
-    def save(self, path: Path, images: list[np.ndarray], steps: Steps | None) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        name = unique_name(path, self.taken)
-        strip = np.concatenate(images, axis=1)
-        Image.fromarray((strip * 255).round().astype(np.uint8)).save(self.out_dir / f"{name}.png")
-        if steps is not None:
-            steps_panel(steps).save(self.out_dir / f"{name}.steps.png")
+def save_views(out_dir: Path, name: str, images: list[np.ndarray], steps: Steps | None) -> None:
+    """What the model saw: `NAME.png` (the 28x28 inputs side by side) and `NAME.steps.png`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    strip = (np.concatenate(images, axis=1) * 255).round().astype(np.uint8)
+    Image.fromarray(strip).save(out_dir / f"{name}.png")
+    if steps is not None:
+        steps_panel(steps).save(out_dir / f"{name}.steps.png")
 
 
 def predict_paths(
@@ -85,22 +77,21 @@ def predict_paths(
     save_dir: str | Path | None = None,
     min_confidence: float = MIN_CONFIDENCE,
 ) -> Iterator[Answer]:
-    """Answer every image, `chunk` files at a time, in input order, flagging any under
-    `min_confidence`; column i of what `classify` returns is the probability of `labels[i]`."""
+    """Answer each image in order, `chunk` at a time; `classify`'s column i is p(`labels[i]`)."""
     files = expand_inputs(paths)
-    views = Views(save_dir) if save_dir is not None else None
+    taken: set[str] = set()  # the names of the views written
     while batch := list(islice(files, chunk)):
         ready: list[tuple[Path, np.ndarray]] = []
         results: dict[Path, Answer] = {}
         for path in batch:
             try:
-                found = preprocess(path, steps=views is not None)
+                found = preprocess(path, steps=save_dir is not None)
             except ImageError as exc:
                 results[path] = Answer(str(path), error=str(exc))
                 continue
             ready.append((path, found.image))
-            if views is not None:
-                views.save(path, [found.image], found.steps)
+            if save_dir is not None:
+                save_views(Path(save_dir), unique_name(path, taken), [found.image], found.steps)
         if ready:
             probs = np.asarray(classify(np.stack([image for _, image in ready])), np.float64)
             order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
@@ -113,8 +104,7 @@ def predict_paths(
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """An onnxruntime session over an `mnistcnn export`: the graph normalizes [0, 1] pixels itself
-    and its metadata names the input, the output, the labels and the temperature."""
+    """An `mnistcnn export` run by onnxruntime; the graph itself normalizes [0, 1] pixels."""
 
     session: Any  # onnxruntime.InferenceSession
     input_name: str

@@ -1,6 +1,5 @@
-"""Reading a row of digits in one image (a year, a phone number) left to right: its groups of ink
-read whole, cut where digits touch or joined where one digit is broken in two, whichever reading
-the model finds likeliest (a best path over the groups)."""
+"""A row of digits in one image (a year, a phone number) read left to right: its groups of ink
+read whole, cut or joined, whichever reading the model finds likeliest (a best path)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from mnistcnn.errors import ImageError
 from mnistcnn.model import DigitNet
 from mnistcnn.photo import Preprocessed, Row, segment
 from mnistcnn.predict.classify import digit_logits, probabilities
-from mnistcnn.predict.files import MIN_CONFIDENCE, Views, expand_inputs
+from mnistcnn.predict.files import MIN_CONFIDENCE, expand_inputs, save_views, unique_name
 
 # Log-probability a reading pays per cut of a group (touching digits) and per join of two (one
 # digit broken in two): a cut or a join must make the model clearly surer, not just give shapes
@@ -113,17 +112,17 @@ def predict_numbers(
     use_tta: bool = False,
 ) -> Iterator[NumberAnswer]:
     """Read every image as a row of digits, in input order, flagging any under `min_confidence`."""
-    views = Views(save_dir) if save_dir is not None else None
+    taken: set[str] = set()  # the names of the views written
     for path in expand_inputs(paths):
         try:
-            row = segment(path, steps=views is not None)
+            row = segment(path, steps=save_dir is not None)
         except ImageError as exc:
             yield NumberAnswer(str(path), error=str(exc))
             continue
         read, digits = _read(model, path, row, top_k, use_tta)
-        if views is not None and row.steps is not None:
+        if save_dir is not None and row.steps is not None:
             images = [d.image for d in digits]
             crops = [d.crop for d in digits if d.crop is not None]
             steps = replace(row.steps, boxes=read.boxes, crops=crops, images=images)
-            views.save(path, images, steps)
+            save_views(Path(save_dir), unique_name(path, taken), images, steps)
         yield replace(read, low_confidence=read.probability < min_confidence)
