@@ -25,7 +25,8 @@ from PIL import Image
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist, to_float
-from mnistcnn.export import Runner, export_model, logits_of, runner
+from mnistcnn.export import export_model
+from mnistcnn.export.formats import Runner, logits_of, runner
 from mnistcnn.model import fuse
 
 

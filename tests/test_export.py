@@ -22,7 +22,8 @@ from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
 from mnistcnn.data import to_float
 from mnistcnn.errors import ExportError
-from mnistcnn.export import export_model, runner
+from mnistcnn.export import export_model
+from mnistcnn.export.formats import runner
 from mnistcnn.model import build_model, count_batchnorms, fuse
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mnistcnn.metrics import classification_report, confusion_matrix, format_report
+from mnistcnn.metrics import classification_report, confusion_matrix, format_metrics
 
 
 def one_hot_logits(preds: list[int]) -> torch.Tensor:
@@ -39,9 +39,9 @@ def test_report_numbers() -> None:
     assert report["loss"] == pytest.approx(expected_loss)
 
 
-def test_format_report() -> None:
+def test_format_metrics() -> None:
     labels = torch.arange(10)
-    text = format_report(classification_report(one_hot_logits(list(range(10))), labels))
+    text = format_metrics(classification_report(one_hot_logits(list(range(10))), labels))
     lines = text.splitlines()
     assert lines[0] == "test images: 10"
     assert lines[2] == "accuracy: 100.00 %"

@@ -23,9 +23,7 @@ def save_model(model: DigitNet, path: str | Path) -> None:
 
 
 # Pickle opcodes that import or call Python objects; plain weights need none outside torch.
-_OBJECT_OPCODES = frozenset(
-    {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
-)
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
 
 
 def _builds_objects(path: Path, exc: pickle.UnpicklingError) -> bool:
@@ -36,7 +34,7 @@ def _builds_objects(path: Path, exc: pickle.UnpicklingError) -> bool:
         opcodes = {op.name for op, _, _ in pickletools.genops(path.read_bytes())}
     except Exception:
         return False
-    return bool(opcodes & _OBJECT_OPCODES)
+    return bool(opcodes & _CODE_OPCODES)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     }
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_metrics(report: dict[str, Any]) -> str:
     """The report as text tables."""
     lines = [
         f"test images: {report['images']}",

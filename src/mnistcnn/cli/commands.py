@@ -94,7 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.calibrate import evaluate_calibration, format_calibration
     from mnistcnn.checkpoint import load_model
     from mnistcnn.data import default_cache_dir, load_mnist
-    from mnistcnn.metrics import classification_report, format_report
+    from mnistcnn.metrics import classification_report, format_metrics
     from mnistcnn.model import fuse
     from mnistcnn.train import predict_logits, resolve_device
 
@@ -110,7 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report["calibration"] = evaluate_calibration(
         model, args.model, test, logits, args.data_dir, **how
     )
-    lines = [format_report(report), "", *format_calibration(report["calibration"])]
+    lines = [format_metrics(report), "", *format_calibration(report["calibration"])]
     print_json(report) if args.json else stdout("\n".join(lines))
     if args.save_confusion:
         from mnistcnn.report import figures
@@ -247,11 +247,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mnistcnn.export import export_model, format_report
+    from mnistcnn.export import export_model, format_export
 
     how = {k: getattr(args, k) for k in ("quantize", "data_dir", "calibration", "overwrite")}
     report = export_model(args.model, args.output, fmt=args.format, fuse_bn=args.fuse, **how)
-    print_json(dataclasses.asdict(report)) if args.json else stdout(format_report(report))
+    print_json(dataclasses.asdict(report)) if args.json else stdout(format_export(report))
     return 0
 
 

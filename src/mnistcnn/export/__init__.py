@@ -1,8 +1,6 @@
 """A trained `.pth` -> a deployable file: BatchNorm folding, TorchScript or ONNX, optional int8.
 
-The exported graph takes images in [0, 1], (N, 1, 28, 28), and normalizes them itself; the
-model's description, normalization and labels are embedded, so the file is all a consumer needs.
-Every export is run and compared with the source model before it replaces the target file.
+Its metadata is all a consumer needs; each export is checked against the `.pth` before writing.
 """
 
 from __future__ import annotations
@@ -17,9 +15,18 @@ import torch
 from mnistcnn import __version__
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ExportError
-from mnistcnn.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_runner, to_onnx
-from mnistcnn.export.quantize import BATCH, CALIBRATION_IMAGES, calibration_images, to_int8
-from mnistcnn.export.torchscript import Runner, to_torchscript, torch_runner, torchscript_runner
+from mnistcnn.export.formats import (
+    CALIBRATION_IMAGES,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    calibration_images,
+    logits_of,
+    runner,
+    to_int8,
+    to_onnx,
+    to_torchscript,
+    torch_runner,
+)
 from mnistcnn.files import atomic_write
 from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
 
@@ -73,16 +80,6 @@ def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str,
         "quantize": quantize or "none",
         "training": json.dumps(info["meta"]),
     }
-
-
-def runner(fmt: str, data: bytes, threads: int | None = None) -> Runner:
-    """Run an exported model from its bytes: (N, 1, 28, 28) float32 -> logits (N, 10)."""
-    return onnx_runner(data, threads) if fmt == "onnx" else torchscript_runner(data)
-
-
-def logits_of(run: Runner, images: np.ndarray) -> np.ndarray:
-    """Logits for many images, `BATCH` at a time."""
-    return np.concatenate([run(images[s : s + BATCH]) for s in range(0, len(images), BATCH)])
 
 
 def _check_request(
@@ -170,7 +167,7 @@ def export_model(
     )
 
 
-def format_report(report: ExportReport) -> str:
+def format_export(report: ExportReport) -> str:
     """Two or three human lines: what was written, how it compares, the int8 changes."""
     kind = " ".join(filter(None, [report.format, "fused" * report.fused, report.quantize]))
     lines = [
