@@ -13,6 +13,7 @@ NORMS = ("batch", "group", "layer", "none")
 ATTENTIONS = ("none", "se", "spatial", "both")
 POOLS = ("max", "avg", "strided")
 ACTIVATIONS = ("relu", "gelu", "silu")
+CHOICES = {"norm": NORMS, "attention": ATTENTIONS, "pool": POOLS, "activation": ACTIVATIONS}
 # GroupNorm's group count: the largest divisor of the width up to 8. Wu & He (2018) use 32, but
 # these layers are 8-128 channels wide; 8 keeps at least one channel per group at every width.
 GROUPS = 8

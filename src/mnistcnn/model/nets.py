@@ -1,7 +1,5 @@
-"""The networks, their name -> class registry, and the self-describing state_dict.
-
-Every model takes images in [0, 1], (N, 1, 28, 28), normalizes them itself and returns logits
-(N, 10); its name, arguments, normalization and metrics travel under `_extra_state`.
+"""The networks and their registry: each takes [0, 1] images (N, 1, 28, 28), normalizes them itself
+and returns logits (N, 10); its name, arguments, normalization and metrics are its `_extra_state`.
 """
 
 from __future__ import annotations
@@ -16,16 +14,12 @@ from torch import nn
 
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model.layers import (
-    ACTIVATIONS,
-    ATTENTIONS,
-    NORMS,
-    POOLS,
+    CHOICES,
     ConvBlock,
     GlobalAvgPool,
     SpatialAttention,
     Spec,
     Stage,
-    conv_out,
     pool_layer,
 )
 
@@ -113,7 +107,7 @@ class Baseline(DigitNet):
         if len(channels) != 2 or len(dropout) != 2:
             raise ConfigError("model: baseline takes exactly two channels and two dropout rates")
         _check_sizes([*channels, hidden], dropout)
-        side = conv_out(conv_out(IMAGE_SIZE, 3), 3) // 2  # two valid 3x3 convs, then 2x2 pool
+        side = (IMAGE_SIZE - 4) // 2  # two valid 3x3 convs, then a 2x2 pool
         self.features = nn.Sequential(
             nn.Conv2d(1, channels[0], 3),  # (N, 32, 26, 26)
             nn.ReLU(),
@@ -170,10 +164,9 @@ class CNN(DigitNet):
                 "model: at most 5 stages, 4 with a stem (each halves the 28-pixel side)"
             )
         choices = {"norm": norm, "attention": attention, "pool": pool, "activation": activation}
-        valid = {"norm": NORMS, "attention": ATTENTIONS, "pool": POOLS, "activation": ACTIVATIONS}
         for key, value in choices.items():
-            if value not in valid[key]:
-                raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(valid[key])}")
+            if value not in CHOICES[key]:
+                raise ConfigError(f"model.{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
         if not batch_norm and norm not in ("batch", "none"):
             raise ConfigError(
                 f"model: batch_norm: false contradicts norm: {norm}; set only model.norm"

@@ -65,11 +65,10 @@ def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
     """The output-size arithmetic of a conv or pooling layer, e.g. `(14+2*1-3)//2+1 = 7`."""
     if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) or side_in == side_out == 1:
         return ""
-
-    def first(value: Any) -> int:
-        return int(value[0] if isinstance(value, tuple) else value)
-
-    k, s, p = first(module.kernel_size), first(module.stride), first(module.padding)
+    k, s, p = (
+        int(v[0] if isinstance(v, tuple) else v)
+        for v in (module.kernel_size, module.stride, module.padding)
+    )
     assert conv_out(side_in, k, s, p) == side_out, (module, side_in, side_out)
     return f"({side_in}+2*{p}-{k})//{s}+1 = {side_out}"
 
@@ -103,14 +102,10 @@ def format_layer_table(model: DigitNet) -> str:
         params = f"{row['params']:,}" if row["params"] else ""
         shape = "(" + ", ".join(map(str, row["shape"])) + ")" if row["shape"] else "-"
         lines.append(("  " * depth + row["name"], row["type"], shape, params, row["arithmetic"]))
-    widths = [max(len(line[i]) for line in lines) for i in range(5)]
-    out = [
-        "  ".join(
-            cell.rjust(w) if i == 3 else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in lines
-    ]
+    widths = [max(map(len, column)) for column in zip(*lines, strict=True)]
+    justify = (str.ljust, str.ljust, str.ljust, str.rjust, str.ljust)  # params to the right
+    cells = [[pad(c, w) for pad, c, w in zip(justify, line, widths, strict=True)] for line in lines]
+    out = ["  ".join(line).rstrip() for line in cells]
     total = sum(p.numel() for p in model.parameters())
     trainable = count_parameters(model)
     out.append(f"{model.arch}: {total:,} parameters ({trainable:,} trainable); args {model.args}")
