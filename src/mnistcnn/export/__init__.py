@@ -15,18 +15,7 @@ import torch
 from mnistcnn import __version__
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ExportError
-from mnistcnn.export.formats import (
-    CALIBRATION_IMAGES,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    calibration_images,
-    logits_of,
-    runner,
-    to_int8,
-    to_onnx,
-    to_torchscript,
-    torch_runner,
-)
+from mnistcnn.export import formats
 from mnistcnn.files import atomic_write
 from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
 
@@ -68,13 +57,13 @@ def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str,
         "model_format": str(info["format"]),
         "arch": info["arch"],
         "args": json.dumps(info["args"]),
-        "input": INPUT_NAME,
+        "input": formats.INPUT_NAME,
         "input_shape": f"N,1,{IMAGE_SIZE},{IMAGE_SIZE}",
         "input_range": "0,1",
         "input_polarity": "white ink on black, like MNIST",
         # Applied inside the graph: a consumer feeds [0, 1] pixels, never normalized ones.
         "normalization": json.dumps({"mean": info["mean"], "std": info["std"], "in_graph": True}),
-        "output": OUTPUT_NAME,
+        "output": formats.OUTPUT_NAME,
         "labels": json.dumps(list(LABELS)),
         "fused": json.dumps(fused),
         "quantize": quantize or "none",
@@ -125,7 +114,7 @@ def export_model(
     fuse_bn: bool = False,
     quantize: str | None = None,
     data_dir: str | Path | None = None,
-    calibration: int = CALIBRATION_IMAGES,
+    calibration: int = formats.CALIBRATION_IMAGES,
     overwrite: bool = False,
 ) -> ExportReport:
     """Export a `.pth` model to `out`, check the result against it, then write it atomically."""
@@ -134,14 +123,15 @@ def export_model(
     model = load_model(model_path)
     source = fuse(model) if fuse_bn else model
     meta = metadata(model, fused=fuse_bn, quantize=quantize)
-    data = float_bytes = (to_onnx if fmt == "onnx" else to_torchscript)(source, meta)
+    to_float = formats.to_onnx if fmt == "onnx" else formats.to_torchscript
+    data = float_bytes = to_float(source, meta)
     calibrated = 0
     if quantize:
-        images = calibration_images(data_dir, calibration)  # type: ignore[arg-type]
-        data, calibrated = to_int8(fmt, source, float_bytes, images, meta), len(images)
+        images = formats.calibration_images(data_dir, calibration)  # type: ignore[arg-type]
+        data, calibrated = formats.to_int8(fmt, source, float_bytes, images, meta), len(images)
     checked_on, check, labels = _check_set(data_dir)
-    expected = logits_of(torch_runner(model), check)
-    got = logits_of(runner(fmt, data), check)
+    expected = formats.logits_of(formats.torch_runner(model), check)
+    got = formats.logits_of(formats.runner(fmt, data), check)
     diff = float(np.abs(got - expected).max())
     if not quantize and diff > FLOAT_TOLERANCE:
         raise ExportError(
