@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from mnistcnn.checkpoint import load_model
-from mnistcnn.config import load_config
+from mnistcnn.config.build import load_config
 from mnistcnn.data import invert, load_mnist
-from mnistcnn.model import count_parameters
-from mnistcnn.train import evaluate, fit
+from mnistcnn.model.summary import count_parameters
+from mnistcnn.train.fitting import fit
+from mnistcnn.train.loops import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "arch"

@@ -27,7 +27,7 @@ from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist, to_float
 from mnistcnn.export import export_model
 from mnistcnn.export.formats import Runner, logits_of, runner
-from mnistcnn.model import fuse
+from mnistcnn.model.summary import fuse
 
 
 def eager_runner(model: torch.nn.Module) -> Runner:

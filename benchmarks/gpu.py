@@ -29,7 +29,7 @@ from speed import eval_throughput, print_table, run_config
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist
-from mnistcnn.train import autocast_dtype
+from mnistcnn.train.build import autocast_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 

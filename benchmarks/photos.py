@@ -26,8 +26,9 @@ from PIL import Image
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import load_mnist
 from mnistcnn.errors import ImageError
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import preprocess, segment
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.digit import preprocess
+from mnistcnn.photo.row import segment
 from mnistcnn.predict.classify import classify
 from mnistcnn.predict.number import read_number
 

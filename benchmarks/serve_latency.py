@@ -138,7 +138,7 @@ def main() -> None:
     import torch
 
     from mnistcnn.checkpoint import save_model
-    from mnistcnn.model import build_model
+    from mnistcnn.model.nets import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model)

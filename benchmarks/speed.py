@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
 
 from mnistcnn.checkpoint import load_model
-from mnistcnn.config import load_config
+from mnistcnn.config.build import load_config
 from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
-from mnistcnn.model import build_model
-from mnistcnn.train import autocast, autocast_dtype, fit, predict_logits
+from mnistcnn.model.nets import build_model
+from mnistcnn.train.build import autocast, autocast_dtype
+from mnistcnn.train.fitting import fit
+from mnistcnn.train.loops import predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 

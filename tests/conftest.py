@@ -90,7 +90,7 @@ def mnist_train(data_dir: Path) -> Any:
 @pytest.fixture
 def make_cfg(data_dir: Path, tmp_path: Path) -> Callable[..., Any]:
     """`make_cfg(*overrides, config=TINY)`: a CPU config writing under tmp_path."""
-    from mnistcnn.config import load_config
+    from mnistcnn.config.build import load_config
 
     def make(*overrides: str, config: Path | None = TINY) -> Any:
         base = [
@@ -127,7 +127,7 @@ def small_data(
     from mnistcnn.data import Split
 
     def use(test_images: int = 500) -> None:
-        def session_mnist(root: Any, train: bool, **kwargs: Any) -> Any:
+        def session_mnist(root: Any, train: bool, *args: Any, **kwargs: Any) -> Any:
             if train:
                 return mnist_train
             return Split(mnist_test.images[:test_images], mnist_test.labels[:test_images])
@@ -176,8 +176,8 @@ def _fit(
     splits: Callable[..., Any] | None = None,
 ) -> dict:
     """Train on CPU into `out`; the run folder (if any) goes beside it, never into the repo."""
-    from mnistcnn.config import load_config
-    from mnistcnn.train import fit
+    from mnistcnn.config.build import load_config
+    from mnistcnn.train.fitting import fit
 
     cfg = load_config(
         config,

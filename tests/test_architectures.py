@@ -16,20 +16,14 @@ from conftest import CONFIGS, REPO
 
 from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
-from mnistcnn.config import load_config
+from mnistcnn.config.build import load_config
 from mnistcnn.data import Split, invert
 from mnistcnn.errors import CheckpointError, ConfigError
-from mnistcnn.model import (
-    build_model,
-    count_batchnorms,
-    count_parameters,
-    fuse,
-    layer_table,
-    model_from_state,
-)
 from mnistcnn.model.layers import ACTIVATIONS, ATTENTIONS, NORMS, POOLS, GlobalAvgPool
-from mnistcnn.train import fit
+from mnistcnn.model.nets import build_model, model_from_state
+from mnistcnn.model.summary import count_batchnorms, count_parameters, fuse, layer_table
 from mnistcnn.train.build import freeze, init_from
+from mnistcnn.train.fitting import fit
 
 PRESETS = sorted((CONFIGS / "arch").glob("*.yaml")) + sorted((CONFIGS / "transfer").glob("*.yaml"))
 TINY = {"channels": (4, 8), "convs_per_stage": (2, 1)}  # two convs: the residual path runs

@@ -16,7 +16,7 @@ from PIL import Image
 from mnistcnn.calibrate import calibrate_logits, expected_calibration_error, fit_temperature, nll
 from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
-from mnistcnn.config import DataConfig
+from mnistcnn.config.schema import DataConfig
 from mnistcnn.data import split_train_val
 from mnistcnn.predict.classify import (
     VIEWS,

@@ -14,8 +14,7 @@ from mnistcnn import checkpoint
 from mnistcnn.checkpoint import load_model, load_state, save_model
 from mnistcnn.errors import CheckpointError
 from mnistcnn.files import atomic_write_text
-from mnistcnn.model import DigitNet, build_model
-from mnistcnn.model.nets import FORMAT_VERSION
+from mnistcnn.model.nets import FORMAT_VERSION, DigitNet, build_model
 
 
 def small_model() -> DigitNet:

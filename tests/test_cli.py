@@ -24,7 +24,8 @@ from mnistcnn import __version__
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.cli.parser import build_parser
-from mnistcnn.config import Config, dump, load_config
+from mnistcnn.config.build import dump, load_config
+from mnistcnn.config.schema import Config
 from mnistcnn.train import loops
 
 QUICK = ["--set", "data.subset=512", "--set", "data.val_size=256", "--set", "train.epochs=1"]
@@ -501,7 +502,7 @@ def test_predict_missing_model(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 def tiny_model_file(tmp_path: Path) -> Path:
     """An untrained model file: enough for error paths that never reach the weights."""
     from mnistcnn.checkpoint import save_model
-    from mnistcnn.model import build_model
+    from mnistcnn.model.nets import build_model
 
     path = tmp_path / "untrained.pth"
     save_model(build_model("cnn", {"channels": (4,), "convs_per_stage": (1,)}), path)

@@ -11,9 +11,7 @@ from conftest import CONFIGS, REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mnistcnn.config import (
-    Component,
-    Config,
+from mnistcnn.config.build import (
     dump,
     from_dict,
     load_config,
@@ -23,6 +21,7 @@ from mnistcnn.config import (
     schedulers,
     to_dict,
 )
+from mnistcnn.config.schema import Component, Config
 from mnistcnn.errors import ConfigError
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnistcnn.cli import main
-from mnistcnn.config import Config, load_config, to_dict
+from mnistcnn.config.build import load_config, to_dict
+from mnistcnn.config.schema import Config
 from mnistcnn.errors import ConfigError
 
 DEFAULTS = to_dict(Config())

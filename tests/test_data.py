@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnistcnn import data
-from mnistcnn.config import AugmentConfig, DataConfig
+from mnistcnn.config.schema import AugmentConfig, DataConfig
 from mnistcnn.data import (
     RAW_FILES,
     Split,

@@ -208,7 +208,7 @@ def test_rank_zero_alone_reports_and_saves_a_plain_model(
     ddp_accuracy = state["_extra_state"]["meta"]["test_accuracy"]
     assert f"{100 * ddp_accuracy:.2f}" in proc.stdout
     # One process, same global batch and seed: the same accuracy within noise.
-    from mnistcnn.train import fit
+    from mnistcnn.train.fitting import fit
 
     single = fit(make_cfg(*SETS), progress=False)
     assert ddp_accuracy > 0.9

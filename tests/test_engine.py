@@ -16,21 +16,15 @@ from conftest import log_lines
 from tqdm import tqdm
 
 from mnistcnn.checkpoint import load_model, load_state
-from mnistcnn.config import Config, from_dict, load_config, optimizers
+from mnistcnn.config.build import from_dict, load_config, optimizers
+from mnistcnn.config.schema import Config
 from mnistcnn.data import Split
 from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
-from mnistcnn.model import build_model
-from mnistcnn.train import (
-    build_loss,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    fit,
-    loops,
-    output_paths,
-    resolve_device,
-    train_one_epoch,
-)
+from mnistcnn.model.nets import build_model
+from mnistcnn.train import loops
+from mnistcnn.train.build import build_loss, build_optimizer, build_scheduler, resolve_device
+from mnistcnn.train.fitting import fit, output_paths
+from mnistcnn.train.loops import evaluate, train_one_epoch
 
 CPU = torch.device("cpu")
 # Small and fast: 512 training images (4 batches), a 256-image validation split.

@@ -24,7 +24,8 @@ from mnistcnn.data import to_float
 from mnistcnn.errors import ExportError
 from mnistcnn.export import export_model
 from mnistcnn.export.formats import runner
-from mnistcnn.model import build_model, count_batchnorms, fuse
+from mnistcnn.model.nets import build_model
+from mnistcnn.model.summary import count_batchnorms, fuse
 
 
 @pytest.fixture(scope="module")

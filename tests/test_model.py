@@ -11,18 +11,16 @@ import torch
 from mnistcnn.checkpoint import save_model
 from mnistcnn.data import Split
 from mnistcnn.errors import CheckpointError, ConfigError
-from mnistcnn.model import (
-    MODELS,
-    NUM_CLASSES,
-    build_model,
+from mnistcnn.model.layers import conv_out
+from mnistcnn.model.nets import FORMAT_VERSION, MODELS, NUM_CLASSES, build_model, model_from_state
+from mnistcnn.model.summary import (
+    CPU_BATCH_BYTES,
+    DEVICE_BATCH,
     count_parameters,
     inference_batch,
-    model_from_state,
+    largest_map,
 )
-from mnistcnn.model.layers import conv_out
-from mnistcnn.model.nets import FORMAT_VERSION
-from mnistcnn.model.summary import CPU_BATCH_BYTES, DEVICE_BATCH, largest_map
-from mnistcnn.train import predict_logits
+from mnistcnn.train.loops import predict_logits
 
 ARCHS = [
     ("baseline", {}),

@@ -13,8 +13,8 @@ from PIL import Image
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import segment
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.row import segment
 from mnistcnn.predict.classify import classify
 from mnistcnn.predict.number import _read, predict_numbers, read_number
 

@@ -20,15 +20,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnistcnn.errors import ImageError
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import (
-    DRAFT_SIDE,
-    Preprocessed,
-    open_image,
-    preprocess,
-    preprocess_image,
-    steps_panel,
-)
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.decode import DRAFT_SIDE, open_image
+from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image, steps_panel
 from mnistcnn.predict.classify import classify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

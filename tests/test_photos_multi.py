@@ -21,9 +21,10 @@ from PIL import Image, ImageDraw
 
 from mnistcnn.cli import main
 from mnistcnn.errors import ImageError
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import Preprocessed, Row, preprocess_image, segment
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.digit import Preprocessed, preprocess_image
 from mnistcnn.photo.lines import remove_lines
+from mnistcnn.photo.row import Row, segment
 from mnistcnn.predict.number import (
     ENERGY_WEIGHT,
     WIDE_COST,

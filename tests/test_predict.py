@@ -14,8 +14,9 @@ from conftest import STYLES
 from PIL import Image
 
 from mnistcnn.cli import main
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import open_image, preprocess
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.decode import open_image
+from mnistcnn.photo.digit import preprocess
 from mnistcnn.predict.classify import classifier, classify
 from mnistcnn.predict.files import Answer, expand_inputs, predict_paths
 

@@ -17,8 +17,8 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed: pip install '.[dev]'"
 )
 
-from mnistcnn.report import FIGURES, write_report  # noqa: E402
 from mnistcnn.report.figures import SIZES  # noqa: E402
+from mnistcnn.report.page import FIGURES, write_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,10 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed: pip ins
 
 from fastapi.testclient import TestClient
 
-from mnistcnn import serve
 from mnistcnn.cli import main
-from mnistcnn.model import count_parameters
-from mnistcnn.photo import preprocess
+from mnistcnn.model.summary import count_parameters
+from mnistcnn.photo.digit import preprocess
+from mnistcnn.serve import app as serve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_a_bug_is_a_500_without_traceback(
     def broken(model: Any, img: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(serve.app, "predict_image", broken)
+    monkeypatch.setattr(serve, "predict_image", broken)
     client = TestClient(serve.create_app(digit_model), raise_server_exceptions=False)
     response = client.post("/api/predict", content=_canvas(), headers={"Content-Type": "image/png"})
     assert response.status_code == 500

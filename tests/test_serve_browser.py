@@ -21,7 +21,7 @@ sync_api = pytest.importorskip(
 )
 
 from mnistcnn.checkpoint import load_model  # noqa: E402
-from mnistcnn.serve import bind, create_app, server, url  # noqa: E402
+from mnistcnn.serve.app import bind, create_app, server, url  # noqa: E402
 
 # A 7 on the 280-px canvas, as fractions of its side: the top bar, then the long diagonal.
 SEVEN = [[(0.25, 0.22), (0.75, 0.22)], [(0.75, 0.22), (0.42, 0.85)]]

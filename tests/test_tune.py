@@ -21,9 +21,9 @@ import yaml
 pytest.importorskip("optuna")
 
 from mnistcnn.cli import main
-from mnistcnn.config import load_config
+from mnistcnn.config.build import load_config
 from mnistcnn.errors import ConfigError
-from mnistcnn.tune import load_tune_config
+from mnistcnn.tune.search import load_tune_config
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE_CONFIGS = sorted((REPO / "configs" / "tune").glob("*.yaml"))
@@ -100,7 +100,7 @@ def test_spaces_and_layering(tmp_path: Path, data_dir: Path) -> None:
         "model.channels": ("choice", False),
         "data.batch_size": ("int", True),
     }
-    from mnistcnn.tune import trial_config
+    from mnistcnn.tune.search import trial_config
 
     # Searched values are one layer: a new optimizer name keeps only the searched arguments.
     params = {"optim.name": "AdamW", "optim.lr": 0.003, "model.channels": "[8, 16]"}
@@ -146,7 +146,7 @@ def test_bad_search_section_is_one_config_error(
 def test_mapping_choices_and_stepped_ranges(tmp_path: Path, data_dir: Path) -> None:
     import optuna
 
-    from mnistcnn.tune import trial_config
+    from mnistcnn.tune.search import trial_config
 
     space = {
         "model": {"choice": [{"name": "baseline"}, {"name": "cnn", "channels": [4, 8]}]},

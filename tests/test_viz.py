@@ -20,15 +20,18 @@ import torch
 from PIL import Image
 
 from mnistcnn.cli import main
-from mnistcnn.config import Config, from_dict, read_yaml_file
+from mnistcnn.config.build import from_dict, read_yaml_file
+from mnistcnn.config.schema import Config
 from mnistcnn.errors import ConfigError
 from mnistcnn.files import RUN_CONFIG as CONFIG
 from mnistcnn.files import RUN_METRICS as METRICS
 from mnistcnn.files import RUN_MODEL as MODEL
 from mnistcnn.files import RUN_STEPS as STEPS
-from mnistcnn.report import FIGURES, compare_runs, find_run, format_comparison, write_report
 from mnistcnn.report.figures import SIZES
-from mnistcnn.train import fit, loops
+from mnistcnn.report.page import FIGURES, write_report
+from mnistcnn.report.runs import compare_runs, find_run, format_comparison
+from mnistcnn.train import loops
+from mnistcnn.train.fitting import fit
 
 pytest.importorskip("matplotlib", reason="the viz extra is not installed: pip install '.[dev]'")
 

@@ -89,7 +89,7 @@ def fit_on_validation(
     """`calibrate_model` on the validation split rebuilt now, and which split it was."""
     # The split as the `.yaml` written beside the model says, else the defaults: a model trained
     # on another split gets T fitted on some of its own training images, which the text says.
-    from mnistcnn.config import DataConfig
+    from mnistcnn.config.schema import DataConfig
     from mnistcnn.data import default_cache_dir, load_mnist, split_train_val
 
     sidecar = Path(model_path).with_suffix(".yaml")

@@ -12,7 +12,7 @@ import torch
 
 from mnistcnn.errors import CheckpointError
 from mnistcnn.files import atomic_write
-from mnistcnn.model import DigitNet, model_from_state
+from mnistcnn.model.nets import DigitNet, model_from_state
 
 
 def save_model(model: DigitNet, path: str | Path) -> None:

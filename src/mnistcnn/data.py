@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Generator, Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from mnistcnn.config import AugmentConfig, DataConfig
+from mnistcnn.config.schema import AugmentConfig, DataConfig
 from mnistcnn.errors import DataError
 from mnistcnn.files import atomic_write
 

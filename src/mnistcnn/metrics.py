@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from mnistcnn.model import NUM_CLASSES
+from mnistcnn.model.nets import NUM_CLASSES
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mnistcnn.checkpoint import load_training_state
-    from mnistcnn.config import from_dict, load_config, replace_config
-    from mnistcnn.train import check_output, distributed, fit, output_paths
+    from mnistcnn.config.build import from_dict, load_config, replace_config
+    from mnistcnn.train import distributed
+    from mnistcnn.train.fitting import check_output, fit, output_paths
 
     state = None
     world = distributed.from_env()
@@ -95,8 +96,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.checkpoint import load_model
     from mnistcnn.data import default_cache_dir, load_mnist
     from mnistcnn.metrics import classification_report, format_metrics
-    from mnistcnn.model import fuse
-    from mnistcnn.train import predict_logits, resolve_device
+    from mnistcnn.model.summary import fuse
+    from mnistcnn.train.build import resolve_device
+    from mnistcnn.train.loops import predict_logits
 
     device = resolve_device(args.device or "auto", "--device")
     # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
@@ -123,7 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from mnistcnn.calibrate import fit_on_validation
     from mnistcnn.checkpoint import load_model, save_model
-    from mnistcnn.train import resolve_device
+    from mnistcnn.train.build import resolve_device
 
     model = load_model(args.model, resolve_device(args.device or "auto", "--device"))
     fitted, split = fit_on_validation(
@@ -237,7 +239,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from mnistcnn.serve import serve
+        from mnistcnn.serve.app import serve
     except ModuleNotFoundError as exc:
         if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
             raise
@@ -256,7 +258,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mnistcnn.report import write_report
+    from mnistcnn.report.page import write_report
 
     written = write_report(args.run, args.output, args.data_dir)
     stdout(f"wrote {len(written) - 1} pictures and {written['html']}")
@@ -264,7 +266,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mnistcnn.report import compare_runs, format_comparison
+    from mnistcnn.report.runs import compare_runs, format_comparison
 
     table = compare_runs(args.runs, args.plot)
     print_json(table) if args.json else stdout(format_comparison(table))
@@ -273,7 +275,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mnistcnn.tune import format_study, load_tune_config, run_study
+    from mnistcnn.tune.report import format_study
+    from mnistcnn.tune.search import load_tune_config
+    from mnistcnn.tune.study import run_study
 
     flags = {k: getattr(args, k) for k in ("study", "storage", "n_trials", "timeout")}
     search = [f"search.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
@@ -284,15 +288,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from mnistcnn.config import dump, load_config
+    from mnistcnn.config.build import dump, load_config
 
     print(dump(load_config(args.config, _overrides(args))), end="")
     return 0
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    from mnistcnn.config import load_config
-    from mnistcnn.model import build_model, format_layer_table, layer_table
+    from mnistcnn.config.build import load_config
+    from mnistcnn.model.nets import build_model
+    from mnistcnn.model.summary import format_layer_table, layer_table
 
     cfg = load_config(args.config, _overrides(args))
     model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)

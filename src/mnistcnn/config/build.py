@@ -132,7 +132,7 @@ def _component(key: str, raw: Any) -> Component:
     if key == "sched" and name in (None, "none"):
         return Component(None, {})
     if key == "model":
-        from mnistcnn.model import MODELS
+        from mnistcnn.model.nets import MODELS
 
         valid = MODELS
     else:

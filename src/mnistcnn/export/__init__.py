@@ -17,7 +17,8 @@ from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ExportError
 from mnistcnn.export import formats
 from mnistcnn.files import atomic_write
-from mnistcnn.model import IMAGE_SIZE, NUM_CLASSES, DigitNet, count_batchnorms, fuse
+from mnistcnn.model.nets import IMAGE_SIZE, NUM_CLASSES, DigitNet
+from mnistcnn.model.summary import count_batchnorms, fuse
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)

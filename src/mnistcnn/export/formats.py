@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mnistcnn.errors import ExportError
-from mnistcnn.model import IMAGE_SIZE
+from mnistcnn.model.nets import IMAGE_SIZE
 
 # The TorchScript archive's extra file holding the same metadata as the ONNX metadata_props.
 METADATA_FILE = "mnistcnn.json"

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistcnn.model import DigitNet, inference_batch
-from mnistcnn.photo import preprocess
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.model.summary import inference_batch
+from mnistcnn.photo.digit import preprocess
 from mnistcnn.predict.files import Answer, Classifier, unique_name
 
 # (degrees, dx px, dy px) per view. One-pixel shifts and +-10 degrees are the jitter a centre-of-
@@ -118,7 +119,7 @@ def explain_predictions(
     model: DigitNet, answers: Iterable[Answer], out_dir: str | Path
 ) -> Iterator[Path]:
     """Each answered file's input, occlusion map and overlay as `out_dir/NAME.explain.png`."""
-    from mnistcnn.report import figures  # matplotlib: only `--explain` needs it
+    from mnistcnn.report import figures
 
     taken: set[str] = set()
     for p in answers:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mnistcnn.errors import CheckpointError, ImageError, MnistCnnError
-from mnistcnn.photo import Steps, preprocess, steps_panel
+from mnistcnn.photo.digit import Steps, preprocess, steps_panel
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DIGITS = tuple(range(10))

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from mnistcnn.errors import ImageError
-from mnistcnn.model import DigitNet
-from mnistcnn.photo import Preprocessed, Row, segment
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.photo.digit import Preprocessed
+from mnistcnn.photo.row import Row, segment
 from mnistcnn.predict.classify import digit_logits, probabilities
 from mnistcnn.predict.files import MIN_CONFIDENCE, expand_inputs, save_views, unique_name
 

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistcnn import config as config_mod
 from mnistcnn.checkpoint import load_model
+from mnistcnn.config import build as config_mod
 from mnistcnn.errors import MnistCnnError
 from mnistcnn.files import atomic_write_text
-from mnistcnn.model import DigitNet, count_parameters
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.model.summary import count_parameters
 from mnistcnn.report import figures
 from mnistcnn.report.runs import find_run, percent, read_rows, train_seconds
 
@@ -56,7 +57,7 @@ def _render(
     """Write every figure as a PNG in `out`; their paths by figure name."""
     from mnistcnn.data import default_cache_dir, load_mnist, to_float
     from mnistcnn.metrics import confusion_matrix
-    from mnistcnn.model import fuse
+    from mnistcnn.model.summary import fuse
 
     test = load_mnist(root, train=False, download=False, cache=default_cache_dir())
     images = to_float(test.images)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistcnn import config as config_mod
 from mnistcnn.checkpoint import load_model
+from mnistcnn.config import build as config_mod
 from mnistcnn.errors import MnistCnnError
 from mnistcnn.files import RUN_CONFIG, RUN_METRICS, RUN_MODEL, RUN_STEPS, read_csv
-from mnistcnn.model import DigitNet, count_parameters
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.model.summary import count_parameters
 from mnistcnn.report import figures
 
 # Keys that differ between any two runs without being a difference in the recipe.

@@ -3,27 +3,3 @@
 FastAPI + uvicorn (the `serve` extra); the page and its script are package data under `static/`
 (no CDN: works offline). Never imports `mnistcnn.data` (torchvision).
 """
-
-from __future__ import annotations
-
-from mnistcnn.serve.app import (
-    MAX_BODY_BYTES,
-    bind,
-    create_app,
-    is_loopback,
-    predict_image,
-    serve,
-    server,
-    url,
-)
-
-__all__ = [
-    "MAX_BODY_BYTES",
-    "bind",
-    "create_app",
-    "is_loopback",
-    "predict_image",
-    "serve",
-    "server",
-    "url",
-]

@@ -28,9 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ImageError, MnistCnnError
-from mnistcnn.model import DigitNet, count_parameters
-from mnistcnn.photo import open_image, preprocess_image
-from mnistcnn.photo.decode import EmptyImage, ImageTooLarge, NotAnImage
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.model.summary import count_parameters
+from mnistcnn.photo.decode import EmptyImage, ImageTooLarge, NotAnImage, open_image
+from mnistcnn.photo.digit import preprocess_image
 from mnistcnn.predict.classify import classify
 from mnistcnn.predict.files import MIN_CONFIDENCE
 

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistcnn import config as config_mod
 from mnistcnn.checkpoint import load_state
-from mnistcnn.config import Config
+from mnistcnn.config import build as config_mod
+from mnistcnn.config.schema import DEVICE_PATTERN, Config
 from mnistcnn.errors import CheckpointError, ConfigError
-from mnistcnn.model import NUM_CLASSES, DigitNet
+from mnistcnn.model.nets import NUM_CLASSES, DigitNet
 
 # Schedulers that expect a step per batch; every other one steps once per epoch.
 PER_STEP_SCHEDULERS = ("OneCycleLR", "CyclicLR")
@@ -28,7 +28,7 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     """`auto` -> CUDA if available, else CPU; a device not here is an error naming `option`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(config_mod.DEVICE_PATTERN, name):
+    if not re.fullmatch(DEVICE_PATTERN, name):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

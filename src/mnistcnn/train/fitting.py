@@ -17,14 +17,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mnistcnn import config as config_mod
 from mnistcnn.calibrate import calibrate_model
 from mnistcnn.checkpoint import save_model, save_training_state
-from mnistcnn.config import Config
+from mnistcnn.config import build as config_mod
+from mnistcnn.config.schema import Config
 from mnistcnn.data import Split, Splits, load_splits, shard_loader, to_float, train_loader
 from mnistcnn.errors import MnistCnnError
 from mnistcnn.files import atomic_write_text, write_csv
-from mnistcnn.model import build_model, count_parameters, fuse, inference_batch
+from mnistcnn.model.nets import build_model
+from mnistcnn.model.summary import count_parameters, fuse, inference_batch
 from mnistcnn.train import build, distributed, loops
 from mnistcnn.train.distributed import World
 from mnistcnn.train.runlog import RunLog

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnistcnn.config import AugmentConfig
+from mnistcnn.config.schema import AugmentConfig
 from mnistcnn.data import Split, augment_batch, eval_batches, to_float
 from mnistcnn.errors import TrainingError
-from mnistcnn.model import DigitNet, count_batchnorms, fuse, inference_batch
+from mnistcnn.model.nets import DigitNet
+from mnistcnn.model.summary import count_batchnorms, fuse, inference_batch
 from mnistcnn.train.build import autocast
 
 

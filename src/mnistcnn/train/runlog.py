@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mnistcnn import config as config_mod
 from mnistcnn import files
+from mnistcnn.config import build as config_mod
+from mnistcnn.config.schema import Config
 from mnistcnn.data import to_float
 from mnistcnn.errors import MnistCnnError
 
@@ -42,7 +43,7 @@ def _new_folder(parent: Path, name: str) -> Path:
     raise MnistCnnError(f"too many runs named {name}-{stamp} in {parent}")
 
 
-def _belongs(run_dir: str | None, cfg: config_mod.Config) -> bool:
+def _belongs(run_dir: str | None, cfg: Config) -> bool:
     """Is `run_dir` the folder of this very run (not of a checkpoint copied from elsewhere)?"""
     if not run_dir or not (Path(run_dir) / files.RUN_CONFIG).is_file():
         return False
@@ -60,7 +61,7 @@ class RunLog:
     _norms: list[float] = field(default_factory=list)
 
     @classmethod
-    def open(cls, cfg: config_mod.Config, *, resume: dict[str, Any] | None = None) -> RunLog:
+    def open(cls, cfg: Config, *, resume: dict[str, Any] | None = None) -> RunLog:
         """Create (or, resuming, reopen) the run folder and write the resolved config."""
         if not cfg.train.run_dir:
             return cls(None, None, [])

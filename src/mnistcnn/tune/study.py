@@ -155,7 +155,7 @@ def _trial_lines(number: int, quiet: bool) -> Iterator[None]:
 
 def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], float]:
     """Optuna's objective: one `fit` per trial, its best validation metric the trial's value."""
-    from mnistcnn.train import fit
+    from mnistcnn.train.fitting import fit
 
     optuna = import_optuna()
     search = tune.search
