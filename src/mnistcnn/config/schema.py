@@ -11,7 +11,7 @@ from typing import Any
 from mnistcnn.errors import ConfigError
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
-FREEZE = ("none", "features")  # what `train.freeze` may stop training (see train/transfer.py)
+FREEZE = ("none", "features")  # what `train.freeze` may stop training (see train/build.py)
 
 
 def check(ok: bool, message: str) -> None:
