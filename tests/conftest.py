@@ -28,9 +28,9 @@ DATA = Path(
 )
 
 # The strong model the predict tests use: the PyTorch-example architecture, narrowed, one
-# epoch over 30k images: ~98 % test accuracy, 97 % on the re-drawn digits, in ~15 s on an idle
-# 2-core CPU. (A GAP CNN of similar cost only reaches ~96 %, too close to the 95 % the re-drawn
-# digits must reach; a second epoch or smaller batches cost twice as much for < 0.3 %.)
+# epoch over 30k images: ~98 % test accuracy, 97 % on the re-drawn digits. (A GAP CNN of
+# similar cost only reaches ~96 %, too close to the 95 % the re-drawn digits must reach; a
+# second epoch or smaller batches cost twice as much for < 0.3 %.)
 DIGIT_MODEL_SETS = (
     "model={name: baseline, channels: [8, 16], hidden: 128}",
     "optim.lr=0.004",
@@ -42,7 +42,7 @@ DIGIT_MODEL_SETS = (
 
 # Torch threads for the tests (and their subprocesses). One: on a 2-core machine shared with
 # another training job, two OpenMP threads wait on each other and the tiny models here train
-# 1.3-4x slower than on one (measured: the digit model 24 s with 2 threads, 6 s with 1).
+# slower than on one.
 THREADS = int(os.environ.get("MNISTCNN_TEST_THREADS", "1"))
 
 

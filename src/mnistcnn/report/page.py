@@ -57,13 +57,11 @@ def _render(
     """Write every figure as a PNG in `out`; their paths by figure name."""
     from mnistcnn.data import default_cache_dir, load_mnist, to_float
     from mnistcnn.metrics import confusion_matrix
-    from mnistcnn.model.summary import fuse
+    from mnistcnn.train.loops import predict_logits
 
     test = load_mnist(root, train=False, download=False, cache=default_cache_dir())
     images = to_float(test.images)
-    with torch.inference_mode():  # BatchNorm folded in, as eval does: same logits, less work
-        fused = fuse(model.eval())
-        logits = torch.cat([fused(batch) for batch in images.split(2000)])
+    logits = predict_logits(model, test, 0, torch.device("cpu"))
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise MnistCnnError("the model has no convolution layer to draw")
