@@ -108,7 +108,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["fly"],
         ["train", "--epochs", "3"],
         ["train", "--set"],
-        ["eval"],
+        ["calibrate"],
         ["eval", "m.pth", "--batch-size", "many"],
         ["predict"],
         ["predict", "x.png", "--top-k", "0"],
@@ -302,8 +302,9 @@ def test_eval_text(capsys: pytest.CaptureFixture[str], tiny_run: dict, data_dir:
     assert f"accuracy: {100 * tiny_run['test_accuracy']:.2f} %" in out
     assert "digit  precision  recall" in out and "confusion" in out
     assert "ECE:" in out and "after temperature scaling" in out
-    # report, confusion matrix, then a blank line and four calibration lines
-    assert len(out.splitlines()) == 5 + 10 + 2 + 1 + 10 + 1 + 4
+    assert f"(the model file says {100 * tiny_run['test_accuracy']:.2f} %" in out
+    # report (with the stored accuracy), confusion matrix, a blank line, four calibration lines
+    assert len(out.splitlines()) == 6 + 10 + 2 + 1 + 10 + 1 + 4
 
 
 @pytest.mark.slow

@@ -42,6 +42,17 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return sets
 
 
+def _model(given: str | None) -> str:
+    """The model file a command was given, or the default one (said on stderr)."""
+    if given:
+        return given
+    from mnistcnn.bundled import default_model
+
+    path, note = default_model()
+    stderr(note)
+    return str(path)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mnistcnn.checkpoint import load_training_state
     from mnistcnn.config.build import from_dict, load_config, replace_config
@@ -89,32 +100,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from mnistcnn.calibrate import evaluate_calibration, format_calibration
-    from mnistcnn.checkpoint import load_model
-    from mnistcnn.data import default_cache_dir, load_mnist
-    from mnistcnn.metrics import classification_report, format_metrics
-    from mnistcnn.model.summary import fuse
+    from mnistcnn.calibrate import format_calibration
+    from mnistcnn.evaluate import evaluate_models, format_ensemble
+    from mnistcnn.metrics import format_metrics
     from mnistcnn.train.build import resolve_device
-    from mnistcnn.train.loops import predict_logits
 
+    paths = args.models or [_model(None)]
     device = resolve_device(args.device or "auto", "--device")
-    # BatchNorm folded into the convolutions: the same logits (within 1e-5), faster.
-    model = fuse(load_model(args.model, device)).to(memory_format=torch.channels_last)
-    download = not args.no_download
-    test = load_mnist(args.data_dir, train=False, download=download, cache=default_cache_dir())
-    test = test.to(device)
-    logits = predict_logits(model, test, args.batch_size, device, amp=args.amp, channels_last=True)
-    report = classification_report(logits, test.labels)
-    how = {"download": download, "batch_size": args.batch_size, "use_tta": args.tta}
-    report["calibration"] = evaluate_calibration(
-        model, args.model, test, logits, args.data_dir, **how
-    )
-    lines = [format_metrics(report), "", *format_calibration(report["calibration"])]
+    how = {"download": not args.no_download, "batch_size": args.batch_size, "amp": args.amp}
+    report = evaluate_models(paths, args.data_dir, device, use_tta=args.tta, **how)
+    lines = [format_metrics(report), ""]
+    if "ensemble" in report:
+        lines += format_ensemble(report["ensemble"], report["accuracy"])
+    else:
+        stored = report["stored_accuracy"]
+        if stored is not None:
+            lines[0] += f"\n(the model file says {100 * stored:.2f} %, measured when it was saved)"
+        lines += format_calibration(report["calibration"])
     print_json(report) if args.json else stdout("\n".join(lines))
     if args.save_confusion:
+        import numpy as np
+
         from mnistcnn.report import figures
 
         figures.save(figures.confusion(np.array(report["confusion"])), args.save_confusion)
@@ -144,12 +150,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _note_uncalibrated(calibrated: bool, results: list, model: str) -> None:
+def _note_uncalibrated(raw: list[str], results: list) -> None:
     """After any answer from a model without a temperature: say its p is not calibrated."""
-    if not calibrated and any(not p.error for p in results):
+    if raw and any(not p.error for p in results):
         stderr(
-            f"mnistcnn: note: {model} has no stored temperature, so its probabilities are the "
-            f"raw softmax (uncalibrated); store one with: mnistcnn calibrate {model}"
+            f"mnistcnn: note: {', '.join(raw)} has no stored temperature, so its probabilities "
+            f"are the raw softmax (uncalibrated); store one with: mnistcnn calibrate {raw[0]}"
         )
 
 
@@ -196,20 +202,24 @@ def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    onnx = Path(args.model).suffix.lower() == ".onnx"
+    paths = args.model or [_model(None)]
+    onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
+    if onnx and len(paths) > 1:
+        raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")
     _check_predict_flags(args, onnx)
     if onnx:  # onnxruntime: torch is never imported
         from mnistcnn.predict.files import load_onnx
 
-        model: Any = load_onnx(args.model)
-        calibrated = model.temperature is not None
+        model: Any = load_onnx(paths[0])
+        raw = [] if model.temperature is not None else paths
     else:
         from mnistcnn.checkpoint import load_model
-        from mnistcnn.predict.classify import classifier, stored_temperatures
+        from mnistcnn.predict.classify import Ensemble, classifier, stored_temperatures
         from mnistcnn.predict.number import predict_numbers
 
-        model = load_model(args.model)
-        calibrated = stored_temperatures(model.meta) is not None
+        models = [load_model(path) for path in paths]
+        model = models[0] if len(models) == 1 else Ensemble(models)
+        raw = [p for p, m in zip(paths, models, strict=True) if not stored_temperatures(m.meta)]
     options: dict[str, Any] = {
         "top_k": args.top_k,
         "save_dir": args.save_preprocessed,
@@ -224,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         labels = model.labels if onnx else DIGITS
         found = predict_paths(classify, args.images, labels=labels, **options)
     results = _show(found, args.json, _number_line if args.multi else _label_line)
-    _note_uncalibrated(calibrated, results, args.model)
+    _note_uncalibrated(raw, results)
     if args.explain:
         from mnistcnn.predict.classify import explain_predictions
 
@@ -244,7 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
             raise
         raise MnistCnnError(f"serve needs {exc.name}: pip install 'mnistcnn[serve]'") from None
-    serve(args.model, args.host, args.port)
+    serve(_model(args.model), args.host, args.port)
     return 0
 
 

@@ -12,7 +12,7 @@ from mnistcnn.cli import commands
 
 DEVICE = "auto, cpu, cuda, cuda:N or mps"
 JSON = "print the {} as JSON"
-MODEL = "models/cnn.pth"  # predict's and serve's model when no -m is given
+DEFAULT_MODEL = "models/cnn.pth, else the bundled model"
 Commands = argparse._SubParsersAction
 
 
@@ -85,8 +85,7 @@ def _train(sub: Commands) -> None:
 
 
 def _model_on_mnist_args(p: ArgumentParser, json_help: str) -> None:
-    """The arguments of the commands that run a model over MNIST (eval, calibrate)."""
-    p.add_argument("model", metavar="MODEL.pth", help="the model file")
+    """The options of the commands that run a model over MNIST (eval, calibrate)."""
     _opt(p, "--data-dir DIR", "folder holding MNIST/raw/", default="data")
     _opt(p, "--no-download", "never try to download MNIST")
     batch = "images per batch (default 0: sized to the CPU's caches, 1000 on a GPU)"
@@ -96,7 +95,9 @@ def _model_on_mnist_args(p: ArgumentParser, json_help: str) -> None:
 
 
 def _eval(sub: Commands) -> None:
-    p = _command(sub, "eval", "test-set accuracy and per-class metrics of a model")
+    p = _command(sub, "eval", "test-set accuracy and per-class metrics of a model or ensemble")
+    models = f"model files; several: their ensemble (default {DEFAULT_MODEL})"
+    p.add_argument("models", nargs="*", metavar="MODEL.pth", help=models)
     _model_on_mnist_args(p, JSON.format("report"))
     _opt(p, "--save-confusion PNG", "also draw the confusion matrix as a PNG")
     _opt(p, "--tta", "also measure test-time augmentation (logits averaged over 7 small moves)")
@@ -106,14 +107,16 @@ def _eval(sub: Commands) -> None:
     )
     _opt(p, "--amp", amp)
     about = "fit the temperature on the validation split and store it in the model"
-    _model_on_mnist_args(_command(sub, "calibrate", about), JSON.format("result"))
+    p = _command(sub, "calibrate", about)
+    p.add_argument("model", metavar="MODEL.pth", help="the model file")
+    _model_on_mnist_args(p, JSON.format("result"))
 
 
 def _predict(sub: Commands) -> None:
     p = _command(sub, "predict", "classify image files of handwritten digits")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
-    model = "a .pth model, or an .onnx one (default models/cnn.pth)"
-    _opt(p, "--model -m MODEL.pth", model, default=MODEL)
+    model = f"a .pth or .onnx model (default {DEFAULT_MODEL}); repeated: an ensemble of .pth"
+    _opt(p, "--model -m MODEL.pth", model, action="append")
     top_k = "show the K most likely digits (default 1)"
     _opt(p, "--top-k -k K", top_k, type=int, default=1, choices=range(1, 11))
     _opt(p, "--json", JSON.format("results"))
@@ -136,7 +139,7 @@ def _predict(sub: Commands) -> None:
 
 def _serve(sub: Commands) -> None:
     p = _command(sub, "serve", "web page and HTTP API: draw a digit, see the prediction")
-    _opt(p, "--model -m MODEL.pth", "the model to serve (default models/cnn.pth)", default=MODEL)
+    _opt(p, "--model -m MODEL.pth", f"the model to serve (default {DEFAULT_MODEL})")
     _opt(p, "--host HOST", "address to listen on (default: loopback only)", default="127.0.0.1")
     _opt(p, "--port PORT", "TCP port (0: any free one)", type=int, default=8000)
 

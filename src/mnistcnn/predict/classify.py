@@ -44,6 +44,24 @@ def probabilities(view_logits: torch.Tensor, meta: dict[str, Any], use_tta: bool
     return F.softmax(view_logits[0].float() / temps["temperature"], dim=-1)
 
 
+class Ensemble(nn.Module):
+    """Several models as one: the log of the mean of their calibrated probabilities."""
+
+    def __init__(self, models: list[DigitNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        temps = [stored_temperatures(m.meta) for m in models]
+        self.temperatures = [1.0 if t is None else t["temperature"] for t in temps]
+        # Already calibrated when every member is: T = 1 on the averaged probabilities.
+        calibrated = all(t is not None for t in temps)
+        self.meta = {"temperature": 1.0, "tta_temperature": 1.0} if calibrated else {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = zip(self.members, self.temperatures, strict=True)
+        probs = [F.softmax(m(x).float() / t, dim=-1) for m, t in pairs]
+        return torch.stack(probs).mean(0).log()
+
+
 def views(images: torch.Tensor, count: int = len(VIEWS)) -> torch.Tensor:
     """(N, 1, H, W) float images -> (V * N, 1, H, W): the first `count` views, view-major."""
     n, _, h, w = images.shape

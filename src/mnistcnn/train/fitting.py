@@ -315,6 +315,7 @@ class Run:
             "epochs": cfg.train.epochs,
             "train_seconds": round(train_seconds, 2),
             "parameters": count_parameters(model),
+            "seed": cfg.train.seed,
             "torch": str(torch.__version__),
         }
         save_model(model, self.paths["model"])
