@@ -127,6 +127,7 @@ def test_spaces_and_layering(tmp_path: Path, data_dir: Path) -> None:
             "val_",
         ),
         ({"n_trials": None, "space": {"optim.lr": {"choice": [1]}}}, "a budget"),
+        ({"heartbeat": 0, "space": {"optim.lr": {"choice": [1]}}}, "search.heartbeat must be"),
         ({"n_trials": 2, "trails": 3, "space": {"optim.lr": {"choice": [1]}}}, "search.trails"),
         (
             {"n_trials": 2, "sampler": "grid", "space": {"optim.lr": {"uniform": [0.1, 1]}}},
@@ -169,7 +170,7 @@ def test_mapping_choices_and_stepped_ranges(tmp_path: Path, data_dir: Path) -> N
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--storage", "nosuchdb://x"], "cannot open storage nosuchdb://x"),
+        (["--storage", "nosuchdb://x"], "cannot open the study database nosuchdb://x"),
         (["--jobs", "0"], "--jobs must be >= 1"),
     ],
 )

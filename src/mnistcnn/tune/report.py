@@ -33,13 +33,18 @@ class StudyReport:
 
 
 def counts(study: Any) -> dict[str, int]:
-    """Trials by state; a trial failed by Ctrl-C counts as `interrupted`, not `failed`."""
-    found = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0, "running": 0}
-    for t in study.get_trials(deepcopy=False):
+    """Trials by state; a failed trial that Ctrl-C cut short is `interrupted`, and one that the
+    heartbeat failed (its worker died) and queued again is `retried`."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    names = ("complete", "pruned", "failed", "retried", "interrupted", "running", "waiting")
+    found = dict.fromkeys(names, 0)
+    for t in trials:
         state = t.state.name.lower()
         if state == "fail":
-            state = "interrupted" if t.user_attrs.get("interrupted") else "failed"
-        found["running" if state == "waiting" else state] += 1
+            state = "retried" if t.number in retried else "failed"
+            state = "interrupted" if t.user_attrs.get("interrupted") else state
+        found[state] += 1
     return found
 
 
@@ -134,7 +139,7 @@ def study_report(tune: TuneConfig, study: Any, top_n: int = 5) -> StudyReport:
     plots, plot_notes = _plots(study, run_dir, importances is not None) if complete else ([], [])
     return StudyReport(
         study=search.study,
-        storage=search.storage_url(),
+        storage=search.storage_url(hide_password=True),
         run_dir=str(run_dir),
         metric=search.metric,
         counts=counts(study),
@@ -153,10 +158,7 @@ def _cell(value: Any) -> str:
 def format_study(rep: StudyReport) -> str:
     """The report as text: counts, a table of the top trials, importances, files."""
     c = rep.counts
-    lines = [
-        f"study {rep.study} ({rep.storage}): {c['complete']} complete, {c['pruned']} pruned, "
-        f"{c['failed']} failed, {c['interrupted']} interrupted, {c['running']} running"
-    ]
+    lines = [f"study {rep.study} ({rep.storage}): " + ", ".join(f"{n} {k}" for k, n in c.items())]
     if rep.top:
         header = ["trial", rep.metric, "epochs", *rep.top[0]["params"]]
         rows = [

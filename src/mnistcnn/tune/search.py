@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class SearchConfig:
     seed: int = 0
     startup_trials: int = 3
     min_epochs: int = 1
+    heartbeat: int = 30
 
     def __post_init__(self) -> None:
         for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS)):
@@ -94,6 +96,7 @@ class SearchConfig:
             self.startup_trials >= 0 and self.min_epochs >= 1,
             "search.startup_trials must be >= 0 and search.min_epochs >= 1",
         )
+        check(self.heartbeat >= 1, f"search.heartbeat must be >= 1 second, got {self.heartbeat}")
         ranges = [s.key for s in self.space if s.kind != "choice"]
         if self.sampler == "grid" and ranges:
             raise ConfigError(
@@ -109,9 +112,10 @@ class SearchConfig:
         """The study's folder: its SQLite database, trial outputs, best.yaml and plots."""
         return Path(self.directory) / self.study
 
-    def storage_url(self) -> str:
+    def storage_url(self, hide_password: bool = False) -> str:
         """The storage URL: `search.storage`, or SQLite in the run folder."""
-        return self.storage or f"sqlite:///{self.run_dir() / 'study.db'}"
+        url = self.storage or f"sqlite:///{self.run_dir() / 'study.db'}"
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url) if hide_password else url
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,12 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import signal
 import socket
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -34,28 +38,61 @@ def import_optuna() -> Any:
     return optuna
 
 
-def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
-    """The study in its storage, with the search section's pruner and a sampler seeded `seed`."""
+def _storage(url: str, heartbeat: int, shown: str) -> Any:
+    """Optuna's RDBStorage at `url`, or a one-line error naming the fix."""
     optuna = import_optuna()
     import sqlalchemy.exc
 
+    # SQLAlchemy reads `postgresql://` as psycopg 2 or 3 by its version: the postgres extra has 3.
+    url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
+    # Several processes write one SQLite file: wait up to a minute for a lock, not 5 s. A server
+    # connection is tested before use: one left idle through a long trial may have been dropped.
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql+psycopg"):
+        engine["connect_args"] = {"connect_timeout": 10}
+    # A worker that dies without a word (SIGKILL, a lost machine) stops its trial's heartbeat; 4
+    # beats later a live worker fails the trial and queues it again. 4, not Optuna's 2, so that
+    # a slow beat (a SQLite lock wait, a busy server) is not taken for death.
+    # Twice: a trial that kills its worker each time (out of memory) then stays failed.
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    beat = {"heartbeat_interval": heartbeat, "grace_period": 4 * heartbeat}
+    tries = 3
+    while True:
+        tries -= 1
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine, **beat, heartbeat_stale_trial_callback=retry
+            )
+        except ImportError as exc:
+            name = getattr(exc.__cause__, "name", None) or "its"
+            fix = "'mnistcnn[postgres]'" if url.startswith("postgresql+psycopg") else name
+            raise ConfigError(
+                f"storage {shown} needs the {name} driver: pip install {fix}"
+            ) from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
+            race = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
+            if tries and isinstance(exc, race):  # workers on a new database create its tables
+                time.sleep(1)
+                continue
+            text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else repr(exc)
+            if "does not exist" in text:
+                fix = f"create it first (createdb {url.rsplit('/', 1)[-1].split('?')[0]})"
+            elif "password" in text or "authentication" in text:
+                fix = "check the user and password in the URL"
+            else:
+                fix = "check the URL, its host and port, and that the server is running"
+            raise ConfigError(f"cannot open the study database {shown}: {text}; {fix}") from None
+
+
+def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
+    """The study in its storage, with the search section's pruner and a sampler seeded `seed`."""
+    optuna = import_optuna()
     search, url = tune.search, tune.search.storage_url()
-    search.run_dir().mkdir(parents=True, exist_ok=True)
-    # Several processes write one SQLite file: wait up to a minute for a lock, not 5 s.
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        # A worker that dies without a word (SIGKILL, a lost machine) leaves its trial RUNNING;
-        # the heartbeat lets the next trial mark it failed after the grace period.
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120
-        )
-    except ModuleNotFoundError as exc:
-        raise ConfigError(
-            f"storage {url.split(':', 1)[0]} needs the {exc.name} driver (pip install it)"
-        ) from None
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot open storage {url}: {first}") from None
+    if url.startswith("sqlite"):  # a server's study makes no local folder until it opens
+        search.run_dir().mkdir(parents=True, exist_ok=True)
+    storage = _storage(url, search.heartbeat, search.storage_url(hide_password=True))
     samplers, pruners = optuna.samplers, optuna.pruners
     if search.sampler == "grid":
         sampler = samplers.GridSampler({s.key: s.labels() for s in search.space}, seed=seed)
@@ -162,6 +199,14 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
     better = max if search.direction == "maximize" else min
 
     def run(trial: Any) -> float:
+        try:
+            return attempt(trial)
+        except Exception as exc:
+            if _database_error(exc) is None:
+                raise
+            raise LostDatabase from exc
+
+    def attempt(trial: Any) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {s.key: s.suggest(trial) for s in search.space}
         output = search.run_dir() / "trials" / f"{trial.number:04d}" / "model.pth"
@@ -203,102 +248,145 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
     return run
 
 
-def _worker(
-    tune: TuneConfig, seed: int, n_trials: int | None, jobs: int, quiet: bool, ctrl_c: CtrlC | None
-) -> None:
-    """One process's share of the study: `n_trials` trials (None: until the timeout). A child
-    process gets no `ctrl_c` and makes its own."""
+def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC) -> None:
+    """One process's trials: until the study has `n_trials` finished (or the timeout)."""
     import torch
 
-    import_optuna().logging.set_verbosity(logging.WARNING if quiet else logging.INFO)
-    if ctrl_c is None:  # a child process: its trials' lines go to stderr, as the parent's do
-        logger = logging.getLogger("mnistcnn")
-        logger.addHandler(logging.StreamHandler())
-        logger.setLevel(logging.INFO)
+    optuna = import_optuna()
+    optuna.logging.set_verbosity(logging.WARNING if quiet else logging.INFO)
     if not tune.base.train.threads:  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-    budget = tune.search.n_trials
+    search = tune.search
+    deadline = time.monotonic() + (search.timeout or math.inf)
+    study = open_study(tune, seed)
+
+    def more() -> bool:
+        """Whether to start a trial. While other workers' running trials may fill the budget,
+        wait: if one of them died, the heartbeat fails its trial and the retry is ours."""
+        while search.n_trials is not None and not ctrl_c.seen and time.monotonic() < deadline:
+            optuna.storages.fail_stale_trials(study)
+            found = counts(study)
+            if finished(found) >= search.n_trials:
+                return False
+            if found["waiting"] or finished(found) + found["running"] < search.n_trials:
+                return True
+            time.sleep(1)  # a cheap query, and the command ends soon after the last trial
+        return search.n_trials is None and not ctrl_c.seen
 
     def stop_at_budget(study: Any, trial: Any) -> None:  # workers on any machine fill it
-        found = counts(study)
-        if budget is not None and finished(found) + found["running"] >= budget:
+        if not more():
             study.stop()
 
-    study = open_study(tune, seed)
+    if more():
+        study.optimize(
+            objective(tune, ctrl_c, quiet),
+            timeout=search.timeout,
+            callbacks=[ctrl_c.stop_study, stop_at_budget],
+            catch=(RuntimeError,),
+        )
+    ctrl_c.check()
+
+
+class LostDatabase(BaseException):
+    """The study database failed inside a trial. Not an Exception, so Optuna does not try to
+    record the trial there: it stays RUNNING, and the heartbeat fails and retries it later."""
+
+
+def _database_error(exc: BaseException | None) -> BaseException | None:
+    """The SQLAlchemy error behind `exc`: Optuna wraps some, and fails on its way out of others."""
+    import sqlalchemy.exc
+
+    while exc is not None and not isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+@contextlib.contextmanager
+def _database(shown: str) -> Iterator[None]:
+    """A study database lost mid-study (a server gone) as one line: the study is safe in it."""
+    previous = threading.excepthook  # a trial's heartbeat thread: the main thread reports it
+    threading.excepthook = lambda args: _database_error(args.exc_value) or previous(args)
     try:
-        with contextlib.nullcontext(ctrl_c) if ctrl_c else CtrlC() as interrupts:
-            study.optimize(
-                objective(tune, interrupts, quiet),
-                n_trials=n_trials,
-                timeout=tune.search.timeout,
-                callbacks=[stop_at_budget, interrupts.stop_study],
-                catch=(RuntimeError,),
-            )
-            interrupts.check()
-    except KeyboardInterrupt:
-        if ctrl_c is None:  # a child: the parent reports the interruption
-            raise SystemExit(130) from None
-        raise
+        yield
+    except (Exception, LostDatabase) as exc:
+        if (cause := _database_error(exc)) is None:
+            raise
+        text = str(getattr(cause, "orig", cause)).splitlines()[0]
+        raise MnistCnnError(
+            f"lost the study database {shown} ({text}): run the same command again to continue"
+        ) from None
+    finally:
+        threading.excepthook = previous
+
+
+def _child(tune: TuneConfig, seed: int, jobs: int, quiet: bool) -> None:
+    """A worker process: its trials' lines go to stderr as the parent's do; an error, one line."""
+    logger = logging.getLogger("mnistcnn")
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
+    try:
+        with CtrlC() as ctrl_c, _database(tune.search.storage_url(hide_password=True)):
+            _worker(tune, seed, jobs, quiet, ctrl_c)
+    except KeyboardInterrupt:  # the parent reports the interruption
+        raise SystemExit(130) from None
+    except MnistCnnError as exc:
+        print(f"mnistcnn: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyReport:
     """Create or resume the study, run what is left of its budget on `jobs` processes, report."""
-    # `n_trials` counts the study's finished trials (complete, pruned, failed) across runs, so
-    # a resumed study runs only the rest; a trial cut short by Ctrl-C does not count.
+    # `n_trials` counts the study's finished trials (complete, pruned, failed) across runs and
+    # machines; a trial cut short by Ctrl-C, or failed by the heartbeat and retried, does not.
     if jobs < 1:
         raise ConfigError("--jobs must be >= 1")
-    search = tune.search
+    search, shown = tune.search, tune.search.storage_url(hide_password=True)
     study = open_study(tune, search.seed, create=True)
-    # Trials of workers that died without a word, silent past the heartbeat's grace: failed.
-    import_optuna().storages.fail_stale_trials(study)
-    found = counts(study)
-    remaining = None
-    if search.n_trials is not None:
-        remaining = max(0, search.n_trials - finished(found) - found["running"])
-    log.info(
-        f"study {search.study} in {search.storage_url()}: {finished(found)} trials finished"
-        + (f", {remaining} to run" if remaining is not None else "")
-        + f" on {jobs} process{'es' if jobs > 1 else ''}"
-    )
-    shares = [
-        None if remaining is None else remaining // jobs + (i < remaining % jobs)
-        for i in range(jobs)
-    ]
-    # Seeds differ per worker and per resumption, or two workers would draw the same trials.
-    started = len(study.get_trials(deepcopy=False))
-    seeds = [
-        int(np.random.SeedSequence([search.seed, started, i]).generate_state(1)[0])
-        for i in range(jobs)
-    ]
-    ctx = multiprocessing.get_context("spawn")  # fork and torch's threads do not mix
-    children = [
-        ctx.Process(
-            target=_worker, args=(tune, seeds[i], share, jobs, quiet, None), name=f"tune-{i}"
+    search.run_dir().mkdir(parents=True, exist_ok=True)
+    with _database(shown):
+        import_optuna().storages.fail_stale_trials(study)
+        found = counts(study)
+        todo = None if search.n_trials is None else max(0, search.n_trials - finished(found))
+        workers = jobs
+        if todo is not None:  # one to wait on others' running trials, in case their worker died
+            workers = min(jobs, max(1, todo - found["running"])) if todo else 0
+        log.info(
+            f"study {search.study} in {shown}: {finished(found)} trials finished"
+            + (f", {todo} to run" if todo is not None else "")
+            + f" on {workers} process{'es' if workers > 1 else ''}"
         )
-        for i, share in enumerate(shares)
-        if i and share != 0
-    ]
-    try:
-        with CtrlC(children) as ctrl_c:
-            for p in children:
-                p.start()
-            if shares[0] != 0:
-                _worker(tune, seeds[0], shares[0], jobs, quiet, ctrl_c)
+        # Seeds differ per worker and per resumption, or two workers would draw the same trials.
+        started = len(study.get_trials(deepcopy=False))
+        seeds = [
+            int(np.random.SeedSequence([search.seed, started, i]).generate_state(1)[0])
+            for i in range(workers)
+        ]
+        ctx = multiprocessing.get_context("spawn")  # fork and torch's threads do not mix
+        children = [
+            ctx.Process(target=_child, args=(tune, seeds[i], workers, quiet), name=f"tune-{i}")
+            for i in range(1, workers)
+        ]
+        try:
+            with CtrlC(children) as ctrl_c:
+                for p in children:
+                    p.start()
+                if workers:
+                    _worker(tune, seeds[0], workers, quiet, ctrl_c)
+                for p in children:
+                    p.join()
+                ctrl_c.check()
+        except KeyboardInterrupt:
             for p in children:
                 p.join()
-            ctrl_c.check()
-    except KeyboardInterrupt:
-        for p in children:
-            p.join()
-        log.info(
-            f"interrupted: the study {search.study} is kept in {search.storage_url()}; "
-            "run the same mnistcnn tune command again to continue it"
-        )
-        raise
-    for p in children:
-        if p.exitcode:
-            log.warning(
-                f"warning: worker {p.name} exited with code {p.exitcode}; its trials did not "
-                "run: run the same mnistcnn tune command again to run them"
+            log.info(
+                f"interrupted: the study {search.study} is kept in {shown}; "
+                "run the same mnistcnn tune command again to continue it"
             )
-    return study_report(tune, study)
+            raise
+        for p in children:
+            if p.exitcode:
+                log.warning(
+                    f"warning: worker {p.name} exited with code {p.exitcode}; run the same "
+                    "mnistcnn tune command again to run what is left of the study"
+                )
+        return study_report(tune, study)
