@@ -126,7 +126,7 @@ def test_spaces_and_layering(tmp_path: Path, data_dir: Path) -> None:
             {"n_trials": 2, "metric": "test_accuracy", "space": {"optim.lr": {"choice": [1]}}},
             "val_",
         ),
-        ({"n_trials": None, "space": {"optim.lr": {"choice": [1]}}}, "a budget"),
+        ({"n_trials": None, "space": {"optim.lr": {"choice": [1]}}}, "n_trials and/or timeout"),
         ({"heartbeat": 0, "space": {"optim.lr": {"choice": [1]}}}, "search.heartbeat must be"),
         ({"n_trials": 2, "trails": 3, "space": {"optim.lr": {"choice": [1]}}}, "search.trails"),
         (

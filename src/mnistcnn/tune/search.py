@@ -82,26 +82,14 @@ class SearchConfig:
         check(bool(self.space), "search.space: name at least one key to search")
         folder = bool(self.study) and all(c.isalnum() or c in "._-" for c in self.study)
         check(folder, f"search.study: must be a folder name, not {self.study!r}")
-        n_trials, timeout = self.n_trials, self.timeout
-        check(
-            n_trials is None or n_trials >= 1,
-            "search.n_trials must be >= 1 (or null: until the timeout)",
-        )
+        n, timeout = self.n_trials, self.timeout
+        check(n is None or n >= 1, "search.n_trials must be >= 1 (or null: until the timeout)")
         check(timeout is None or timeout > 0, "search.timeout must be > 0 seconds (or null)")
-        check(
-            n_trials is not None or timeout is not None or self.sampler == "grid",
-            "search: set n_trials and/or timeout (a budget for the study)",
-        )
-        check(
-            self.startup_trials >= 0 and self.min_epochs >= 1,
-            "search.startup_trials must be >= 0 and search.min_epochs >= 1",
-        )
-        check(self.heartbeat >= 1, f"search.heartbeat must be >= 1 second, got {self.heartbeat}")
-        ranges = [s.key for s in self.space if s.kind != "choice"]
-        if self.sampler == "grid" and ranges:
-            raise ConfigError(
-                f"search.sampler grid needs a choice list for every key; {ranges[0]} is a range"
-            )
+        check(bool(n or timeout) or self.sampler == "grid", "search: set n_trials and/or timeout")
+        for key, low in (("startup_trials", 0), ("min_epochs", 1), ("heartbeat", 1)):
+            check(getattr(self, key) >= low, f"search.{key} must be >= {low}")
+        ranges = [s.key for s in self.space if s.kind != "choice" and self.sampler == "grid"]
+        check(not ranges, f"search.sampler grid needs a choice list for every key, not {ranges}")
 
     @property
     def direction(self) -> str:
@@ -177,33 +165,25 @@ def _space(key: str, raw: Mapping[str, Any]) -> Space:
         )
     kind = kinds[0]
     values = raw[kind]
-    check(
-        isinstance(values, list) and bool(values),
-        f"{where}.{kind}: expected a list, got {values!r}",
-    )
+    listed = isinstance(values, list) and bool(values)
+    check(listed, f"{where}.{kind}: expected a list, got {values!r}")
     log, step = raw.get("log", kind == "log_uniform"), raw.get("step")
     if kind == "choice":
-        check(
-            "log" not in raw and step is None, f"{where}: log and step are for ranges, not a choice"
-        )
+        plain = "log" not in raw and step is None
+        check(plain, f"{where}: log and step are for ranges, not a choice")
         unique = len(set(map(repr, map(label, values)))) == len(values)
         check(unique, f"{where}.choice: the choices must differ, got {values!r}")
         return Space(key, kind, tuple(values))
-    number = int if kind == "int" else (int, float)
+    number = (int,) if kind == "int" else (int, float)  # by type(): a bool is no number here
     what = "integers" if kind == "int" else "numbers"
-    pair = len(values) == 2 and all(
-        isinstance(v, number) and not isinstance(v, bool) for v in values
-    )
+    pair = len(values) == 2 and all(type(v) in number for v in values)
     check(pair, f"{where}.{kind}: expected [low, high] {what}, got {values!r}")
     low, high = values
     check(low < high, f"{where}.{kind}: low must be < high, got {values!r}")
     check(isinstance(log, bool), f"{where}.log: expected true or false, got {log!r}")
     check(not log or low > 0, f"{where}: a log scale needs low > 0, got {values!r}")
-    good_step = isinstance(step, number) and not isinstance(step, bool) and step > 0 and not log
-    check(
-        step is None or good_step,
-        f"{where}.step: expected a number > 0 on a linear scale, got {step!r}",
-    )
+    good_step = step is None or (type(step) in number and step > 0 and not log)
+    check(good_step, f"{where}.step: expected a number > 0 on a linear scale, got {step!r}")
     if kind != "int":
         low, high = float(low), float(high)
     return Space(key, kind, (low, high), log=log, step=step)

@@ -38,61 +38,53 @@ def import_optuna() -> Any:
     return optuna
 
 
-def _storage(url: str, heartbeat: int, shown: str) -> Any:
+def _storage(url: str, heartbeat: int, shown: str, tries: int = 3) -> Any:
     """Optuna's RDBStorage at `url`, or a one-line error naming the fix."""
     optuna = import_optuna()
-    import sqlalchemy.exc
+    import sqlalchemy.exc as errors
 
     # SQLAlchemy reads `postgresql://` as psycopg 2 or 3 by its version: the postgres extra has 3.
     url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
     # Several processes write one SQLite file: wait up to a minute for a lock, not 5 s. A server
-    # connection is tested before use: one left idle through a long trial may have been dropped.
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine = {"connect_args": {"timeout": 60}}
-    elif url.startswith("postgresql+psycopg"):
-        engine["connect_args"] = {"connect_timeout": 10}
+    # connection is tested before use, as one left idle through a long trial may be dropped.
+    sqlite = url.startswith("sqlite")
+    connect = {"timeout": 60} if sqlite else {"connect_timeout": 10}
     # A worker that dies without a word (SIGKILL, a lost machine) stops its trial's heartbeat; 4
-    # beats later a live worker fails the trial and queues it again. 4, not Optuna's 2, so that
-    # a slow beat (a SQLite lock wait, a busy server) is not taken for death.
-    # Twice: a trial that kills its worker each time (out of memory) then stays failed.
+    # beats later a live worker fails the trial and queues it again (twice at most: a trial that
+    # kills its worker stays failed). 4, not Optuna's 2: a slow beat (a lock wait) is not death.
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
-    beat = {"heartbeat_interval": heartbeat, "grace_period": 4 * heartbeat}
-    tries = 3
-    while True:
-        tries -= 1
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine, **beat, heartbeat_stale_trial_callback=retry
-            )
-        except ImportError as exc:
-            name = getattr(exc.__cause__, "name", None) or "its"
-            fix = "'mnistcnn[postgres]'" if url.startswith("postgresql+psycopg") else name
-            raise ConfigError(
-                f"storage {shown} needs the {name} driver: pip install {fix}"
-            ) from None
-        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
-            race = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)
-            if tries and isinstance(exc, race):  # workers on a new database create its tables
-                time.sleep(1)
-                continue
-            text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else repr(exc)
-            if "does not exist" in text:
-                fix = f"create it first (createdb {url.rsplit('/', 1)[-1].split('?')[0]})"
-            elif "password" in text or "authentication" in text:
-                fix = "check the user and password in the URL"
-            else:
-                fix = "check the URL, its host and port, and that the server is running"
-            raise ConfigError(f"cannot open the study database {shown}: {text}; {fix}") from None
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            {"connect_args": connect, "pool_pre_ping": not sqlite},
+            heartbeat_interval=heartbeat,
+            grace_period=4 * heartbeat,
+            heartbeat_stale_trial_callback=retry,
+        )
+    except ImportError as exc:
+        name = getattr(exc.__cause__, "name", None) or "its"
+        fix = "'mnistcnn[postgres]'" if url.startswith("postgresql+psycopg") else name
+        raise ConfigError(f"storage {shown} needs the {name} driver: pip install {fix}") from None
+    except (errors.SQLAlchemyError, ValueError) as exc:
+        if tries > 1 and isinstance(exc, errors.IntegrityError | errors.ProgrammingError):
+            time.sleep(1)  # workers that start at once on a new database race to make its tables
+            return _storage(url, heartbeat, shown, tries - 1)
+        text = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else repr(exc)
+        fix = "check the URL, its host and port, and that the server is running"
+        if "does not exist" in text:
+            fix = f"create it first (createdb {url.rsplit('/', 1)[-1].split('?')[0]})"
+        elif "password" in text or "authentication" in text:
+            fix = "check the user and password in the URL"
+        raise ConfigError(f"cannot open the study database {shown}: {text}; {fix}") from None
 
 
 def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
     """The study in its storage, with the search section's pruner and a sampler seeded `seed`."""
     optuna = import_optuna()
-    search, url = tune.search, tune.search.storage_url()
-    if url.startswith("sqlite"):  # a server's study makes no local folder until it opens
+    search, shown = tune.search, tune.search.storage_url(hide_password=True)
+    if search.storage is None:  # a server's study makes no local folder until it opens
         search.run_dir().mkdir(parents=True, exist_ok=True)
-    storage = _storage(url, search.heartbeat, search.storage_url(hide_password=True))
+    storage = _storage(search.storage_url(), search.heartbeat, shown)
     samplers, pruners = optuna.samplers, optuna.pruners
     if search.sampler == "grid":
         sampler = samplers.GridSampler({s.key: s.labels() for s in search.space}, seed=seed)
@@ -118,7 +110,7 @@ def open_study(tune: TuneConfig, seed: int, create: bool = False) -> Any:
         directions = storage.get_study_directions(storage.get_study_id_from_name(search.study))
         if [d.name.lower() for d in directions] != [search.direction]:
             raise ConfigError(
-                f"study {search.study!r} in {url} does not {search.direction} "
+                f"study {search.study!r} in {shown} does not {search.direction} "
                 f"(search.metric {search.metric}); use another search.study"
             )
     return optuna.create_study(**kwargs, direction=search.direction, load_if_exists=True)
@@ -158,11 +150,6 @@ class CtrlC:
             yield
         finally:
             self.in_trial = False
-
-    def stop_study(self, study: Any, trial: Any) -> None:
-        """An Optuna callback: start no new trial after a Ctrl-C."""
-        if self.seen:
-            study.stop()
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if Ctrl-C came."""
@@ -248,8 +235,21 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
     return run
 
 
-def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC) -> None:
-    """One process's trials: until the study has `n_trials` finished (or the timeout)."""
+def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC | None) -> None:
+    """One process's trials: until the study has `n_trials` finished (or the timeout). A child
+    process gets no `ctrl_c`: its trials' lines go to stderr as the parent's do, an error too."""
+    if ctrl_c is None:
+        logger = logging.getLogger("mnistcnn")
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
+        try:
+            with CtrlC() as ctrl_c, _database(tune.search.storage_url(hide_password=True)):
+                return _worker(tune, seed, jobs, quiet, ctrl_c)
+        except KeyboardInterrupt:  # the parent reports the interruption
+            raise SystemExit(130) from None
+        except MnistCnnError as exc:
+            print(f"mnistcnn: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
     import torch
 
     optuna = import_optuna()
@@ -261,8 +261,8 @@ def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC) 
     study = open_study(tune, seed)
 
     def more() -> bool:
-        """Whether to start a trial. While other workers' running trials may fill the budget,
-        wait: if one of them died, the heartbeat fails its trial and the retry is ours."""
+        """Whether to start a trial: if others' running trials may fill the budget, wait."""
+        # A worker may have died: then the heartbeat fails its trial, and it is queued for us.
         while search.n_trials is not None and not ctrl_c.seen and time.monotonic() < deadline:
             optuna.storages.fail_stale_trials(study)
             found = counts(study)
@@ -273,23 +273,17 @@ def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC) 
             time.sleep(1)  # a cheap query, and the command ends soon after the last trial
         return search.n_trials is None and not ctrl_c.seen
 
-    def stop_at_budget(study: Any, trial: Any) -> None:  # workers on any machine fill it
-        if not more():
-            study.stop()
-
-    if more():
-        study.optimize(
-            objective(tune, ctrl_c, quiet),
-            timeout=search.timeout,
-            callbacks=[ctrl_c.stop_study, stop_at_budget],
-            catch=(RuntimeError,),
-        )
+    if more():  # and after each trial: workers on any machine fill the budget
+        stop = [lambda study, _: more() or study.stop()]
+        run = objective(tune, ctrl_c, quiet)
+        study.optimize(run, timeout=search.timeout, callbacks=stop, catch=(RuntimeError,))
     ctrl_c.check()
 
 
 class LostDatabase(BaseException):
-    """The study database failed inside a trial. Not an Exception, so Optuna does not try to
-    record the trial there: it stays RUNNING, and the heartbeat fails and retries it later."""
+    """The study database failed in a trial: no Exception, or Optuna would record it there."""
+
+    # The trial stays RUNNING; once the database is back, the heartbeat fails and retries it.
 
 
 def _database_error(exc: BaseException | None) -> BaseException | None:
@@ -319,21 +313,6 @@ def _database(shown: str) -> Iterator[None]:
         threading.excepthook = previous
 
 
-def _child(tune: TuneConfig, seed: int, jobs: int, quiet: bool) -> None:
-    """A worker process: its trials' lines go to stderr as the parent's do; an error, one line."""
-    logger = logging.getLogger("mnistcnn")
-    logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.INFO)
-    try:
-        with CtrlC() as ctrl_c, _database(tune.search.storage_url(hide_password=True)):
-            _worker(tune, seed, jobs, quiet, ctrl_c)
-    except KeyboardInterrupt:  # the parent reports the interruption
-        raise SystemExit(130) from None
-    except MnistCnnError as exc:
-        print(f"mnistcnn: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-
-
 def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyReport:
     """Create or resume the study, run what is left of its budget on `jobs` processes, report."""
     # `n_trials` counts the study's finished trials (complete, pruned, failed) across runs and
@@ -344,12 +323,9 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
     study = open_study(tune, search.seed, create=True)
     search.run_dir().mkdir(parents=True, exist_ok=True)
     with _database(shown):
-        import_optuna().storages.fail_stale_trials(study)
         found = counts(study)
         todo = None if search.n_trials is None else max(0, search.n_trials - finished(found))
-        workers = jobs
-        if todo is not None:  # one to wait on others' running trials, in case their worker died
-            workers = min(jobs, max(1, todo - found["running"])) if todo else 0
+        workers = jobs if todo is None else min(jobs, todo)  # more() waits if others run them
         log.info(
             f"study {search.study} in {shown}: {finished(found)} trials finished"
             + (f", {todo} to run" if todo is not None else "")
@@ -363,7 +339,9 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
         ]
         ctx = multiprocessing.get_context("spawn")  # fork and torch's threads do not mix
         children = [
-            ctx.Process(target=_child, args=(tune, seeds[i], workers, quiet), name=f"tune-{i}")
+            ctx.Process(
+                target=_worker, args=(tune, seeds[i], workers, quiet, None), name=f"tune-{i}"
+            )
             for i in range(1, workers)
         ]
         try:
