@@ -62,7 +62,12 @@ class Scene:
     orientation: int = 1  # EXIF orientation tag; the pixels are stored so a viewer shows it upright
     upscale: int = 1  # enlarge the rendered frame by this factor before encoding (12 MP photos)
     touch: bool = False  # a row of digits: two neighbours touch (else they stand apart)
-    crop: float | None = None  # cropped to the ink, this margin (of its box's longer side) left
+    # Cropped to the ink, this margin left at its left, top, right and bottom (fractions of its
+    # box's longer side; below 0 the crop cuts into the digit).
+    crop: tuple[float, float, float, float] | None = None
+    low_side: int = 0  # then shrunk to this long side, pixels averaged (a low-resolution scan)
+    side: int = 0  # then resized to this long side with `resample` (nearest, bilinear, bicubic)
+    resample: str = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,64 @@ def _transparent(s: Scene, rng: np.random.Generator) -> Scene:
 
 def _cropped(s: Scene, rng: np.random.Generator) -> Scene:
     # The photo cropped to the digit, 0-5 % of it left around: ink covers up to half the frame.
-    return replace(s, crop=_u(rng, 0.0, 0.05))
+    return replace(s, crop=(_u(rng, 0.0, 0.05),) * 4)
+
+
+def _filled(s: Scene, rng: np.random.Generator, margin_px: float = 3) -> Scene:
+    """A digit filling its image, at 28-400 px: 0-`margin_px` px of its background around it.
+
+    Mostly a photo of dark ink on paper; else a digital image, black on white or MNIST's white
+    on black.
+    """
+    side = int(rng.integers(28, 401))
+    # Margins in pixels of the final image: a fraction of the digit's box there (~0.9 of it).
+    crop = tuple(_u(rng, 0, margin_px) / (0.9 * side) for _ in range(4))
+    s = replace(s, crop=crop, side=side, resample=str(rng.choice(["bilinear", "bicubic"])))
+    kind = rng.random()
+    if kind < 0.6:
+        return s
+    black, white = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    paper, ink = (white, black) if kind < 0.85 else (black, white)
+    jpeg = None if rng.random() < 0.7 else int(rng.integers(75, 96))
+    return replace(s, paper=paper, ink=ink, noise=0.0, blur=_u(rng, 0.0, 0.8), jpeg=jpeg)
+
+
+def _tight(s: Scene, rng: np.random.Generator) -> Scene:
+    return _filled(s, rng)
+
+
+def _thick(s: Scene, rng: np.random.Generator) -> Scene:
+    # A broad marker filling the image: strokes of 15-25 % of the digit's height along its
+    # skeleton (MNIST's are ~12 %), half of them out of focus by up to a sixth of a stroke.
+    s = replace(_filled(s, rng), pen="thin", pen_width=_u(rng, 0.15, 0.25))
+    if rng.random() < 0.5:
+        s = replace(s, blur=max(s.blur, _u(rng, 0.01, 0.04) * s.digit_frac * min(s.size)))
+    return s
+
+
+def _lowres(s: Scene, rng: np.random.Generator, resample: str) -> Scene:
+    # The digit scanned at 8-16 px (0-1 px around it), then shown at 64-512 px.
+    s = _filled(s, rng)
+    low = int(rng.integers(8, 17))
+    crop = tuple(_u(rng, 0, 1) / low for _ in range(4))
+    return replace(s, crop=crop, low_side=low, side=int(rng.integers(64, 513)), resample=resample)
+
+
+def _lowres_nearest(s: Scene, rng: np.random.Generator) -> Scene:
+    return _lowres(s, rng, "nearest")
+
+
+def _lowres_smooth(s: Scene, rng: np.random.Generator) -> Scene:
+    return _lowres(s, rng, str(rng.choice(["bilinear", "bicubic"])))
+
+
+def _edge(s: Scene, rng: np.random.Generator) -> Scene:
+    # The digit at one or two edges of the image, cut off there by up to 8 % of its size (1.6
+    # px of MNIST's 20 px box); up to 30 % of its size of background on the other sides.
+    s = _filled(s, rng)
+    cut = rng.permutation(4)[: int(rng.integers(1, 3))]
+    crop = [-_u(rng, 0, 0.08) if i in cut else _u(rng, 0, 0.3) for i in range(4)]
+    return replace(s, crop=(crop[0], crop[1], crop[2], crop[3]))
 
 
 def _exif(s: Scene, rng: np.random.Generator) -> Scene:
@@ -285,10 +347,15 @@ RECIPES: dict[str, Recipe] = {
     "exif": _exif,
     "large": _large,
     "mixed": _mixed,
+    "tight": _tight,
+    "thick": _thick,
+    "lowres_nearest": _lowres_nearest,
+    "lowres_smooth": _lowres_smooth,
+    "edge": _edge,
 }
 CONDITIONS = tuple(RECIPES)
-# The conditions a row of digits (`--multi`) is drawn under.
-ROW_CONDITIONS = tuple(c for c in CONDITIONS if c not in ("cropped", "large", "mixed"))
+# The conditions a row of digits (`--multi`) is drawn under: a photo with paper around it.
+ROW_CONDITIONS = (*CONDITIONS[: CONDITIONS.index("cropped")], "exif")
 
 
 def _thin_mask(mask: np.ndarray) -> np.ndarray:
@@ -575,22 +642,29 @@ def encode(image: Image.Image, scene: Scene) -> tuple[bytes, str]:
 
 
 def _crop(
-    image: Image.Image, box: tuple[float, float, float, float], margin: float
+    image: Image.Image,
+    box: tuple[float, float, float, float],
+    margins: tuple[float, float, float, float],
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """The picture cut to the ink's box and `margin` of its longer side around it."""
+    """The picture cut to the ink's box and `margins` (of its longer side) on each side."""
     left, top, right, bottom = np.multiply(box, [image.width, image.height] * 2)
-    pad = margin * max(right - left, bottom - top)
-    x0, y0 = max(0, math.floor(left - pad)), max(0, math.floor(top - pad))
-    x1 = min(image.width, math.ceil(right + pad))
-    y1 = min(image.height, math.ceil(bottom + pad))
+    pad = np.multiply(margins, max(right - left, bottom - top))
+    x0, y0 = max(0, math.floor(left - pad[0])), max(0, math.floor(top - pad[1]))
+    x1 = min(image.width, math.ceil(right + pad[2]))
+    y1 = min(image.height, math.ceil(bottom + pad[3]))
     w, h = x1 - x0, y1 - y0
-    inside = (
-        float(left - x0) / w,
-        float(top - y0) / h,
-        float(right - x0) / w,
-        float(bottom - y0) / h,
-    )
-    return image.crop((x0, y0, x1, y1)), inside
+    inside = np.clip([(left - x0) / w, (top - y0) / h, (right - x0) / w, (bottom - y0) / h], 0, 1)
+    return image.crop((x0, y0, x1, y1)), (inside[0], inside[1], inside[2], inside[3])
+
+
+def _resize(image: Image.Image, scene: Scene) -> Image.Image:
+    """The picture shrunk to `scene.low_side` (averaged), then resized to `scene.side`."""
+    for side, resample in ((scene.low_side, "box"), (scene.side, scene.resample)):
+        if side:
+            scale = side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling[resample.upper()])
+    return image
 
 
 def make_photo(
@@ -607,6 +681,7 @@ def make_photo(
     image, box = render(digits, scene, rng)
     if scene.crop is not None:
         image, box = _crop(image, box, scene.crop)
+    image = _resize(image, scene)
     data, suffix = encode(image, scene)
     return Photo(data, suffix, "".join(str(int(v)) for v in labels), condition, box)
 

@@ -79,6 +79,23 @@ def _resized(img: Image.Image, side: int, resample: Image.Resampling, **kw: floa
     return img.resize(size, resample, **kw)
 
 
+def _unblocked(img: Image.Image) -> Image.Image:
+    """An image enlarged by repeating its pixels (blocks of 2 px or more) shrunk back to them."""
+    grey = np.asarray(img.convert("L"), np.float32)
+    size = []
+    for axis in (1, 0):
+        # Where the picture changes across a column (row): a third of its largest step or more,
+        # above JPEG's ringing; inside a block it does not.
+        steps = np.abs(np.diff(grey, axis=axis)).max(axis=1 - axis)
+        changes = np.flatnonzero(steps > max(1.0, 0.3 * float(steps.max(initial=0))))
+        gaps = np.diff(changes) if len(changes) > 2 else np.ones(1)
+        block = float(gaps[gaps < 1.5 * np.median(gaps)].mean())  # not across unchanged blocks
+        if block < 2:
+            return img
+        size.append(max(1, round(grey.shape[axis] / block)))
+    return img.resize((size[0], size[1]), Image.Resampling.BOX)
+
+
 def to_working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """RGB (uint8) at working size and, if the background is transparent, alpha in [0, 1]."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -90,7 +107,8 @@ def to_working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     img = img.convert("RGBA" if "A" in img.getbands() or img.mode in ("PA", "RGBa") else "RGB")
     if max(img.size) > WORK_SIDE:
         img = _resized(img, WORK_SIDE, Image.Resampling.BOX, reducing_gap=2.0)
-    elif max(img.size) < MIN_SIDE:
+    img = _unblocked(img)
+    if max(img.size) < MIN_SIDE:
         img = _resized(img, MIN_SIDE, Image.Resampling.BILINEAR)
     arr = np.asarray(img)
     if arr.shape[2] == 3:

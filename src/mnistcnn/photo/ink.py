@@ -20,8 +20,9 @@ Box = tuple[int, int, int, int]
 
 # How much more light-side than dark-side evidence calls the ink light (see `dark_ink`).
 LIGHT_INK_ODDS = 10.0
-# The paper's brightness is estimated over windows this fraction of the shorter side: wider
-# than any pen or marker stroke, so strokes vanish from the estimate while light does not.
+# The paper's brightness is estimated over windows this fraction of the longer side: wider than
+# any marker stroke of a digit filling the frame, so ink vanishes from the estimate; light keeps
+# its shape (ramps, hills and steps survive a closing; only valleys narrower are filled).
 BACKGROUND_WINDOW = 0.5
 # The paper's estimate reaches this many pixels (at half size) past a closing (see `flatten`).
 SPILL = 1
@@ -43,7 +44,12 @@ class Part:
     box: Box
     mass: float  # summed ink contrast
     strength: float  # its strongest ink's contrast
-    border: bool  # touches the frame's edge
+    contact: float  # the largest share of one side of the frame that it touches
+
+    @property
+    def border(self) -> bool:
+        """Whether it touches the frame's edge."""
+        return self.contact > 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
     # The paper's brightness is a grey closing (dark ink) or opening (chalk) of the smooth
     # background, at half resolution, pooled so that strokes fade; it keeps gradients and shadows.
     half = _pool(smooth, np.maximum if dark else np.minimum)
-    window = max(4, round(BACKGROUND_WINDOW * min(half.shape)))
+    window = max(4, round(BACKGROUND_WINDOW * max(half.shape)))
     first, second = (ndimage.maximum_filter, ndimage.minimum_filter)[:: 1 if dark else -1]
     # Padded a window deep, light fading towards a border (a vignette) is light, not a stroke.
     # Pooled and enlarged, a closing runs past a sharp step of light (a shadow's edge) into its
@@ -133,13 +139,15 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     k = max(10, ink.size // 5000)
     strongest = float(np.partition(ink.ravel(), -k)[-k])
     # The paper's level and noise from a quarter of the pixels, those under half the strongest
-    # ink's: a digit cropped tightly can cover half the frame.
+    # ink's: the most common level, and the noise on the side away from the ink. A digit that
+    # fills the frame leaves little paper, and a blurred or enlarged one's edges are wide ramps.
     sample = ink[::2, ::2].ravel()
     paper = sample[sample < 0.5 * strongest]
-    if paper.size < sample.size // 10:  # no level stands apart: the frame is all one
+    if paper.size < sample.size // 100:  # no level stands apart: the frame is all one
         paper = sample
-    base = float(np.median(paper))
-    spread = 1.4826 * float(np.median(np.abs(paper - base)))
+    counts, edges = np.histogram(paper, bins=64)
+    base = float(edges[np.argmax(counts)] + edges[1] - edges[0])
+    spread = 1.4826 * float(np.median(base - paper[paper <= base]))
     contrast = ink - base
     peak = strongest - base
     if peak < max(MIN_CONTRAST, 8 * spread):
@@ -154,14 +162,15 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     index = np.arange(1, count + 1)
     masses = ndimage.sum_labels(contrast, labels, index)
     strengths = ndimage.maximum(contrast, labels, index)
-    height, width = mask.shape
+    sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
+    contact = np.max([np.bincount(side, minlength=count + 1) / len(side) for side in sides], 0)
     parts = []
     for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
         box = (cols.start, rows.start, cols.stop, rows.stop)
-        border = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
         strength = float(strengths[label - 1])
         if strength >= INK_LEVEL * peak:
-            parts.append(Part(int(label), box, float(masses[label - 1]), strength, border))
+            mass = float(masses[label - 1])
+            parts.append(Part(int(label), box, mass, strength, float(contact[label])))
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
     return Found(rgb, contrast, peak, labels, parts)

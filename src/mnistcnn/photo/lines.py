@@ -86,9 +86,9 @@ def _line_band(
     centre = (rho + along * math.sin(t)) / math.cos(t)
     offsets = np.arange(-thick, thick + 1)
     across = np.round(centre[:, None]).astype(np.int64) + offsets
-    inside = (across >= 0) & (across < breadth)
+    # Past the frame's edge the ink goes on as at the edge: a stroke along it is not thin.
     across = np.clip(across, 0, breadth - 1)
-    values = (mask[along[:, None], across] if vertical else mask[across, along[:, None]]) & inside
+    values = mask[along[:, None], across] if vertical else mask[across, along[:, None]]
     on = values[:, thick]
     if not on.any() or float(np.median(values[on].sum(1))) > thick:
         return None
