@@ -29,7 +29,7 @@ from mnistcnn.data import (
     to_float,
     train_loader,
 )
-from mnistcnn.errors import DataError
+from mnistcnn.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -335,6 +335,28 @@ def test_random_affine_translation_moves_ink_by_at_most_the_limit(mnist_test: Sp
     moved = (centre_x(shifted) - centre_x(images)).abs()
     assert moved.max() <= 0.1 * 28 + 0.5  # at most 10 % of the side (2.8 px)
     assert moved.mean() > 0.3  # and it does move
+
+
+def test_elastic_bends_each_image_differently_by_at_most_about_the_pixels_asked(
+    mnist_test: Split,
+) -> None:
+    images = to_float(mnist_test.images[:64])
+    cfg = AugmentConfig(degrees=0, translate=0, scale=0, ink=0, elastic=1.5)
+    assert cfg.affine and cfg.active
+    bent = random_affine(images, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(bent, random_affine(images, cfg, torch.Generator().manual_seed(0)))
+    assert not torch.allclose(bent, images, atol=0.05)
+    field = data._warp(64, 28, 28, 1.5, torch.Generator().manual_seed(0), images.device)
+    assert field.shape == (64, 28, 28, 2)
+    pixels = field * 28 / 2  # grid units -> pixels
+    assert pixels.abs().max() <= 1.5 + 1e-6
+    assert pixels.abs().mean() > 0.2
+    # Smooth: neighbouring pixels move almost alike; the ink stays about where it was.
+    assert (pixels[:, 1:] - pixels[:, :-1]).abs().max() < 0.5
+    mass = bent.sum((1, 2, 3)) / images.sum((1, 2, 3))
+    assert ((mass - 1).abs() < 0.25).all()
+    with pytest.raises(ConfigError, match=r"data\.augment\.elastic"):
+        AugmentConfig(elastic=5)
 
 
 def test_redraw_ink_draws_full_bright_shapes_thinner_and_thicker(mnist_test: Split) -> None:

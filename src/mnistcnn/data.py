@@ -250,7 +250,20 @@ def random_affine(images: Tensor, cfg: AugmentConfig, generator: Generator | Non
         return a[:, None, None] * xs + b[:, None, None] * ys + shift[:, None, None]  # (N, H, W)
 
     grid = torch.stack([coordinate(cos, -sin, shift_x), coordinate(sin, cos, shift_y)], -1)
+    if cfg.elastic:
+        grid = grid + _warp(n, h, w, cfg.elastic, generator, images.device)
     return F.grid_sample(images, grid.to(images.dtype), align_corners=False, padding_mode="zeros")
+
+
+def _warp(
+    n: int, h: int, w: int, pixels: float, generator: Generator | None, device: torch.device
+) -> Tensor:
+    """A smooth random displacement (N, H, W, 2) of up to `pixels`, in grid units: each image's
+    strokes bent a little differently, as another hand would draw them (an elastic distortion)."""
+    coarse = torch.rand(n, 2, 4, 4, generator=generator, device=device) * 2 - 1
+    field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    scale = torch.tensor([2 * pixels / w, 2 * pixels / h], device=device)
+    return field.permute(0, 2, 3, 1) * scale
 
 
 def _blur(images: Tensor) -> Tensor:

@@ -28,16 +28,18 @@ class AugmentConfig:
     translate: float = 0.1
     scale: float = 0.1
     ink: float = 0.75  # share of images redrawn as thresholded ink (see data.redraw_ink)
+    elastic: float = 0.0  # pixels a smooth random field may bend strokes by (0: none)
 
     def __post_init__(self) -> None:
         check(0 <= self.degrees <= 180, "data.augment.degrees must be in [0, 180]")
         check(0 <= self.translate < 1, "data.augment.translate must be in [0, 1)")
         check(0 <= self.scale < 1, "data.augment.scale must be in [0, 1)")
         check(0 <= self.ink <= 1, "data.augment.ink must be in [0, 1]")
+        check(0 <= self.elastic <= 4, "data.augment.elastic must be in [0, 4] pixels")
 
     @property
     def affine(self) -> bool:
-        return bool(self.degrees or self.translate or self.scale)
+        return bool(self.degrees or self.translate or self.scale or self.elastic)
 
     @property
     def active(self) -> bool:
