@@ -151,10 +151,6 @@ def study_report(tune: TuneConfig, study: Any, top_n: int = 5) -> StudyReport:
     )
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def format_study(rep: StudyReport) -> str:
     """The report as text: counts, a table of the top trials, importances, files."""
     c = rep.counts
@@ -163,7 +159,10 @@ def format_study(rep: StudyReport) -> str:
         header = ["trial", rep.metric, "epochs", *rep.top[0]["params"]]
         rows = [
             [str(r["trial"]), f"{r[rep.metric]:.4f}", str(r["epochs"])]
-            + [_cell(r["params"].get(k)) for k in header[3:]]
+            + [
+                f"{v:.4g}" if isinstance(v, float) else str(v)
+                for v in map(r["params"].get, header[3:])
+            ]
             for r in rep.top
         ]
         widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]

@@ -53,14 +53,10 @@ def _storage(url: str, heartbeat: int, shown: str, tries: int = 3) -> Any:
     # beats later a live worker fails the trial and queues it again (twice at most: a trial that
     # kills its worker stays failed). 4, not Optuna's 2: a slow beat (a lock wait) is not death.
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    beat = {"heartbeat_interval": heartbeat, "grace_period": 4 * heartbeat}
+    engine = {"connect_args": connect, "pool_pre_ping": not sqlite}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            {"connect_args": connect, "pool_pre_ping": not sqlite},
-            heartbeat_interval=heartbeat,
-            grace_period=4 * heartbeat,
-            heartbeat_stale_trial_callback=retry,
-        )
+        return optuna.storages.RDBStorage(url, engine, heartbeat_stale_trial_callback=retry, **beat)
     except ImportError as exc:
         name = getattr(exc.__cause__, "name", None) or "its"
         fix = "'mnistcnn[postgres]'" if url.startswith("postgresql+psycopg") else name
@@ -236,12 +232,10 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
 
 
 def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC | None) -> None:
-    """One process's trials: until the study has `n_trials` finished (or the timeout). A child
-    process gets no `ctrl_c`: its trials' lines go to stderr as the parent's do, an error too."""
-    if ctrl_c is None:
-        logger = logging.getLogger("mnistcnn")
-        logger.addHandler(logging.StreamHandler())
-        logger.setLevel(logging.INFO)
+    """One process's trials, until the study's budget is filled or the timeout."""
+    if ctrl_c is None:  # a child process: its lines go to stderr as the parent's, errors too
+        logging.getLogger("mnistcnn").addHandler(logging.StreamHandler())
+        logging.getLogger("mnistcnn").setLevel(logging.INFO)
         try:
             with CtrlC() as ctrl_c, _database(tune.search.storage_url(hide_password=True)):
                 return _worker(tune, seed, jobs, quiet, ctrl_c)
@@ -265,11 +259,10 @@ def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC |
         # A worker may have died: then the heartbeat fails its trial, and it is queued for us.
         while search.n_trials is not None and not ctrl_c.seen and time.monotonic() < deadline:
             optuna.storages.fail_stale_trials(study)
-            found = counts(study)
-            if finished(found) >= search.n_trials:
-                return False
-            if found["waiting"] or finished(found) + found["running"] < search.n_trials:
-                return True
+            found, budget = counts(study), search.n_trials
+            done = finished(found)
+            if done >= budget or done + found["running"] < budget or found["waiting"]:
+                return done < budget
             time.sleep(1)  # a cheap query, and the command ends soon after the last trial
         return search.n_trials is None and not ctrl_c.seen
 
@@ -281,9 +274,7 @@ def _worker(tune: TuneConfig, seed: int, jobs: int, quiet: bool, ctrl_c: CtrlC |
 
 
 class LostDatabase(BaseException):
-    """The study database failed in a trial: no Exception, or Optuna would record it there."""
-
-    # The trial stays RUNNING; once the database is back, the heartbeat fails and retries it.
+    """The database failed in a trial: no Exception, which Optuna would try to record there."""
 
 
 def _database_error(exc: BaseException | None) -> BaseException | None:
@@ -321,7 +312,6 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
         raise ConfigError("--jobs must be >= 1")
     search, shown = tune.search, tune.search.storage_url(hide_password=True)
     study = open_study(tune, search.seed, create=True)
-    search.run_dir().mkdir(parents=True, exist_ok=True)
     with _database(shown):
         found = counts(study)
         todo = None if search.n_trials is None else max(0, search.n_trials - finished(found))
@@ -361,10 +351,6 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
                 "run the same mnistcnn tune command again to continue it"
             )
             raise
-        for p in children:
-            if p.exitcode:
-                log.warning(
-                    f"warning: worker {p.name} exited with code {p.exitcode}; run the same "
-                    "mnistcnn tune command again to run what is left of the study"
-                )
+        for p in (p for p in children if p.exitcode):  # the others run what it left
+            log.warning(f"warning: worker {p.name} exited with code {p.exitcode}")
         return study_report(tune, study)
