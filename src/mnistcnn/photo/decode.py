@@ -89,8 +89,10 @@ def _unblocked(img: Image.Image) -> Image.Image:
         steps = np.abs(np.diff(grey, axis=axis)).max(axis=1 - axis)
         changes = np.flatnonzero(steps > max(1.0, 0.3 * float(steps.max(initial=0))))
         gaps = np.diff(changes) if len(changes) > 2 else np.ones(1)
-        block = float(gaps[gaps < 1.5 * np.median(gaps)].mean())  # not across unchanged blocks
-        if block < 2:
+        within = gaps[gaps < 1.5 * np.median(gaps)]  # not across blocks alike
+        block = float(within.mean())
+        # Blocks are as wide as each other (to a pixel, when enlarged by a fraction).
+        if block < 2 or np.ptp(within) > 1 or len(within) < max(3, len(gaps) // 2):
             return img
         size.append(max(1, round(grey.shape[axis] / block)))
     return img.resize((size[0], size[1]), Image.Resampling.BOX)
