@@ -69,10 +69,21 @@ def _resize(values: np.ndarray, size: tuple[int, int], resample: Image.Resamplin
 
 def dark_ink(luminance: np.ndarray) -> bool:
     """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
-    # Ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17 blocks of
-    # 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's light
-    # outweighs dark 150 times or more, a page that is a bright minority of the frame ~4 times.
     half = _pool(luminance, np.add) / 4
+    # Ink is a stroke: split at the middle grey, the side whose widest spot is under half as
+    # wide as the other's, and as a stroke at most ~30 % of the frame, is ink. Pieces at the
+    # frame's edge go on past it (a stroke crossing the edge stays as wide, the paper beside a
+    # digit that fills the frame widens), so neither the border nor the majority is paper.
+    low, high = np.percentile(half, [5, 95])
+    if high - low > 0.1:
+        dark = np.pad(half < (low + high) / 2, max(half.shape) // 2, mode="edge")
+        thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
+        thin = min(thick_dark, thick_light)
+        if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
+            return bool(thick_dark < thick_light)
+    # Else ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17
+    # blocks of 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's
+    # light outweighs dark 150 times or more, a page that is a bright minority of the frame ~4x.
     height, width = half.shape
     blocks = _resize(half, (max(1, width // 8), max(1, height // 8)), Image.Resampling.BOX)
     deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
@@ -145,8 +156,8 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     paper = sample[sample < 0.5 * strongest]
     if paper.size < sample.size // 100:  # no level stands apart: the frame is all one
         paper = sample
-    counts, edges = np.histogram(paper, bins=64)
-    base = float(edges[np.argmax(counts)] + edges[1] - edges[0])
+    counts, edges = np.histogram(paper, bins=64, range=(np.percentile(paper, 5), paper.max()))
+    base = float(edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]) / 2
     spread = 1.4826 * float(np.median(base - paper[paper <= base]))
     contrast = ink - base
     peak = strongest - base
