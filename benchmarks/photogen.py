@@ -46,7 +46,9 @@ class Scene:
     size: tuple[int, int] = (800, 600)  # width, height of the rendered frame
     digit_frac: float = 0.45  # digit height (its box's longer side) / the frame's shorter side
     angle: float = 0.0  # degrees: the slant of the whole digit (or row of digits)
-    pen: str = "pen"  # pen (the MNIST stroke), thin (narrow constant width), marker (widened)
+    # pen (the MNIST stroke), thin (narrow constant width), marker (widened), broad (at least
+    # pen_width along the skeleton)
+    pen: str = "pen"
     pen_width: float = 0.0  # thin: stroke width; marker: added width (fractions of digit height)
     ink: Colour = DARK_INKS[0]
     paper: Colour = (0.92, 0.92, 0.9)
@@ -260,7 +262,7 @@ def _tight(s: Scene, rng: np.random.Generator) -> Scene:
 def _thick(s: Scene, rng: np.random.Generator) -> Scene:
     # A broad marker filling the image: strokes of 15-25 % of the digit's height along its
     # skeleton (MNIST's are ~12 %), half of them out of focus by up to a sixth of a stroke.
-    s = replace(_filled(s, rng), pen="thin", pen_width=_u(rng, 0.15, 0.25))
+    s = replace(_filled(s, rng), pen="broad", pen_width=_u(rng, 0.15, 0.25))
     if rng.random() < 0.5:
         s = replace(s, blur=max(s.blur, _u(rng, 0.01, 0.04) * s.digit_frac * min(s.size)))
     return s
@@ -420,9 +422,11 @@ def glyph(digit: np.ndarray, height: float, scene: Scene, rng: np.random.Generat
     gy, gx = np.gradient(u)
     alpha = np.clip(0.5 + (u - 0.5) / (np.hypot(gy, gx) + 1e-3), 0, 1)
     radius = scene.pen_width * height / 2
-    if scene.pen == "thin":
+    if scene.pen in ("thin", "broad"):
         distance = ndimage.distance_transform_edt(~_thin_mask(u > 0.5))
-        alpha = np.clip(max(radius, 0.6) + 0.5 - distance, 0, 1)
+        stroke = np.clip(max(radius, 0.6) + 0.5 - distance, 0, 1)
+        # A broad marker is never narrower than the writer's own stroke (a filled loop stays).
+        alpha = np.maximum(alpha, stroke) if scene.pen == "broad" else stroke
     elif scene.pen == "marker":
         distance = ndimage.distance_transform_edt(u <= 0.5)
         alpha = np.maximum(alpha, np.clip(radius + 0.5 - distance, 0, 1))

@@ -32,7 +32,7 @@ SPECK_MASS = 0.005
 # A bar written apart over a digit's top (a 5's) may stand this fraction of its height above it:
 # 9 in 10 of MNIST's (124 in the training set) stand within 0.23; a blurred photo's is wider.
 BAR_GAP = 0.4
-# Ink along this share of a side of the frame is beyond the page (a table), not a stroke.
+# Ink along this share of the frame's longer side, at one edge, is beyond the page (a table).
 EDGE_RUN = 0.5
 # Ink in a piece's holes, as a share of its own, that makes it a frame around the digit.
 FRAMED_MASS = 0.2

@@ -44,7 +44,7 @@ class Part:
     box: Box
     mass: float  # summed ink contrast
     strength: float  # its strongest ink's contrast
-    contact: float  # the largest share of one side of the frame that it touches
+    contact: float  # its pixels along one side of the frame (the most), over the longer side
 
     @property
     def border(self) -> bool:
@@ -71,7 +71,7 @@ def dark_ink(luminance: np.ndarray) -> bool:
     """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
     half = _pool(luminance, np.add) / 4
     # Ink is a stroke: split at the middle grey, the side whose widest spot is under half as
-    # wide as the other's, and as a stroke at most ~30 % of the frame, is ink. Pieces at the
+    # wide as the other's, and as a stroke at most ~40 % of the frame, is ink. Pieces at the
     # frame's edge go on past it (a stroke crossing the edge stays as wide, the paper beside a
     # digit that fills the frame widens), so neither the border nor the majority is paper.
     low, high = np.percentile(half, [5, 95])
@@ -79,7 +79,7 @@ def dark_ink(luminance: np.ndarray) -> bool:
         dark = np.pad(half < (low + high) / 2, max(half.shape) // 2, mode="edge")
         thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
         thin = min(thick_dark, thick_light)
-        if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
+        if thin < min(0.5 * max(thick_dark, thick_light), 0.2 * max(half.shape)):
             return bool(thick_dark < thick_light)
     # Else ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17
     # blocks of 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's
@@ -174,7 +174,8 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     masses = ndimage.sum_labels(contrast, labels, index)
     strengths = ndimage.maximum(contrast, labels, index)
     sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
-    contact = np.max([np.bincount(side, minlength=count + 1) / len(side) for side in sides], 0)
+    longest = max(labels.shape)
+    contact = np.max([np.bincount(side, minlength=count + 1) for side in sides], 0) / longest
     parts = []
     for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
         box = (cols.start, rows.start, cols.stop, rows.stop)
