@@ -91,8 +91,9 @@ def _bar_over(part: ink.Box, box: ink.Box) -> bool:
 
 def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
     """The strongest piece of ink and the pieces near it (a broken stroke, a detached bar)."""
-    # Ink at the frame's edge is mostly the table, a page edge or a shadow, not the digit.
-    main = max(parts, key=lambda p: p.mass * (0.05 if p.border else 1.0))
+    # Ink along the frame's edge is mostly the table, a page edge or a shadow, not the digit;
+    # ink touching it in short runs may be a digit filling the frame.
+    main = max(parts, key=lambda p: p.mass * (0.05 if p.contact >= EDGE_RUN else 0.5**p.border))
     chosen = [main]
     box = main.box
     grew = True
@@ -102,12 +103,13 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
         for part in parts:
             if part in chosen or part.mass < SPECK_MASS * main.mass:
                 continue
-            # Ink at the edge joins a digit at the edge (cropped tightly), or a piece it outweighs
+            # Ink at the edge joins a digit at the edge (cropped tightly), or one it outweighs
             # while touching the edge in short runs (strokes, not a table beyond the page).
             bulk = part.mass >= main.mass and part.contact < EDGE_RUN
             if part.border and not (main.border or bulk):
                 continue
-            if ink.gap(part.box, box) <= reach or _bar_over(part.box, box):
+            near = max(reach, 0.2 * max(part.box[2] - part.box[0], part.box[3] - part.box[1]))
+            if ink.gap(part.box, box) <= near or _bar_over(part.box, box):
                 chosen.append(part)
                 box = ink.union([box, part.box])
                 grew = True

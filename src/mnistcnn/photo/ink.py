@@ -150,15 +150,17 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     k = max(10, ink.size // 5000)
     strongest = float(np.partition(ink.ravel(), -k)[-k])
     # The paper's level and noise from a quarter of the pixels, those under half the strongest
-    # ink's: the most common level, and the noise on the side away from the ink. A digit that
-    # fills the frame leaves little paper, and a blurred or enlarged one's edges are wide ramps.
+    # ink's: the most common level, and the noise on the side away from the ink, or around the
+    # median if less (light in two levels, a shadow's). A digit that fills the frame leaves
+    # little paper, and a blurred or enlarged one's edges are wide ramps.
     sample = ink[::2, ::2].ravel()
     paper = sample[sample < 0.5 * strongest]
     if paper.size < sample.size // 100:  # no level stands apart: the frame is all one
         paper = sample
     counts, edges = np.histogram(paper, bins=64, range=(np.percentile(paper, 5), paper.max()))
     base = float(edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]) / 2
-    spread = 1.4826 * float(np.median(base - paper[paper <= base]))
+    below = np.median(base - paper[paper <= base])
+    spread = 1.4826 * float(min(below, np.median(np.abs(paper - np.median(paper)))))
     contrast = ink - base
     peak = strongest - base
     if peak < max(MIN_CONTRAST, 8 * spread):
