@@ -111,7 +111,7 @@ def to_working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         img = _resized(img, WORK_SIDE, Image.Resampling.BOX, reducing_gap=2.0)
     img = _unblocked(img)
     if max(img.size) < MIN_SIDE:
-        img = _resized(img, MIN_SIDE, Image.Resampling.BILINEAR)
+        img = _resized(img, MIN_SIDE, Image.Resampling.BICUBIC)
     arr = np.asarray(img)
     if arr.shape[2] == 3:
         return arr, None
