@@ -130,14 +130,16 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     """The digit as a clean shape (float in [0, 1]) at >= CROP_SIDE px, MNIST stroke width."""
     left, top, right, bottom = ink.box_of(keep)
     pad = 2
-    # Thresholded at half the stroke's contrast after enlarging: edges stay smooth.
+    # Thresholded at half the stroke's contrast after enlarging: edges stay smooth. Half its
+    # own: a blurred or small digit's thin strokes are fainter than its thick ones.
     level = ink.INK_LEVEL * min(peak, float(contrast[keep].max()))
     crop = np.where(ndimage.binary_dilation(keep, iterations=2), contrast, 0)
     crop = np.pad(crop[top:bottom, left:right], pad)
     zoom = max(1.0, CROP_SIDE / max(crop.shape))
     if zoom > 1:
         crop = ndimage.zoom(crop, zoom, order=1)
-    shape = crop > level
+    local = ndimage.maximum_filter(crop, size=max(3, round(0.15 * max(crop.shape))))
+    shape = crop > np.clip(ink.INK_LEVEL * local, ink.FAINT_LEVEL / ink.INK_LEVEL * level, level)
     side = max(shape.shape) - 2 * pad * zoom
     shape = _fill_specks(shape, max(4, round(0.003 * side * side)))
     # The mean stroke width: twice the area over the outline's length.
