@@ -71,7 +71,7 @@ def dark_ink(luminance: np.ndarray) -> bool:
     """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
     half = _pool(luminance, np.add) / 4
     # Ink is a stroke: split at the middle grey, the side whose widest spot is under half as
-    # wide as the other's, and as a stroke at most ~40 % of the frame, is ink. Pieces at the
+    # wide as the other's, and as a stroke at most ~30 % of the frame, is ink. Pieces at the
     # frame's edge go on past it (a stroke crossing the edge stays as wide, the paper beside a
     # digit that fills the frame widens), so neither the border nor the majority is paper.
     low, high = np.percentile(half, [5, 95])
@@ -79,7 +79,7 @@ def dark_ink(luminance: np.ndarray) -> bool:
         dark = np.pad(half < (low + high) / 2, max(half.shape) // 2, mode="edge")
         thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
         thin = min(thick_dark, thick_light)
-        if thin < min(0.5 * max(thick_dark, thick_light), 0.2 * max(half.shape)):
+        if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
             return bool(thick_dark < thick_light)
     # Else ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17
     # blocks of 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's
