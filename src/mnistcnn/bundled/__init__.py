@@ -14,7 +14,4 @@ def default_model() -> tuple[Path, str]:
     """models/cnn.pth when it exists, else the bundled model; and a note saying which."""
     if TRAINED.is_file():
         return TRAINED, f"mnistcnn: using {TRAINED} (no model given)"
-    return BUNDLED, (
-        f"mnistcnn: using the bundled model (configs/base.yaml, seed 0); no model given and no "
-        f"{TRAINED} here: train one with `mnistcnn train`"
-    )
+    return BUNDLED, f"mnistcnn: no model given, no {TRAINED}: using the bundled model (base recipe)"
