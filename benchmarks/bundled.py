@@ -67,15 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             same = f"{equal}/{len(tensors)} tensors equal; {files}"
             identical = digest(BUNDLED) == digest(built)
         else:
-            same, identical = "no bundled file yet", False
+            same, identical = "no bundled file before", False
         if args.write:
             shutil.copyfile(built, BUNDLED)
+    verdict = "identical" if identical else "written" if args.write else "DIFFERENT"
     rows = [
         ("test accuracy", f"{100 * meta['test_accuracy']:.2f} %"),
         ("validation accuracy", f"{100 * meta['val_accuracy']:.2f} % (epoch {meta['epoch']})"),
         ("temperature", f"{meta['temperature']:.4f} (TTA {meta['tta_temperature']:.4f})"),
         ("seed, torch", f"{meta['seed']}, {meta['torch']}"),
-        ("rebuilt vs bundled", f"{'identical' if identical else 'DIFFERENT'}: {same}"),
+        ("rebuilt vs bundled", f"{verdict}: {same}"),
     ]
     table = "| | |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     print(table)
