@@ -31,7 +31,7 @@ def test_the_bundled_file_is_package_data_with_its_recipe() -> None:
     state = load_state(BUNDLED)  # weights_only=True
     meta = state["_extra_state"]["meta"]
     assert meta["recipe"] == "configs/base.yaml" and meta["seed"] == 0
-    assert meta["torch"].split("+")[0] >= "2.10"
+    assert tuple(int(v) for v in meta["torch"].split(".")[:2]) >= (2, 10)
     assert meta["test_accuracy"] >= 0.995 and meta["val_accuracy"] >= 0.995
     assert 0 < meta["temperature"] < 5 and 0 < meta["tta_temperature"] < 5
     assert "train_seconds" not in meta  # a rebuild cannot repeat a timing
@@ -134,8 +134,70 @@ def test_eval_of_several_models_averages_their_calibrated_probabilities(
     assert np.array(report["confusion"]).sum() == 10000
     code, out, _ = cli(capsys, "eval", *paths, "--data-dir", data_dir)
     assert code == 0
-    assert "ensemble of 2 models (calibrated probabilities averaged)" in out
+    assert "ensemble of 2 models (their calibrated probabilities averaged)" in out
     assert "points on its best member" in out and str(paths[1]) in out
+    code, out, _ = cli(capsys, "eval", *paths, "--data-dir", data_dir, "--json", "--tta")
+    tta = json.loads(out)["ensemble"]["tta"]
+    assert code == 0 and tta["views"] == 7 and tta["accuracy"] > 0.9
+    assert json.loads(out)["accuracy"] == report["accuracy"]  # the headline stays the plain one
+
+
+def _uncalibrated(run: dict, folder: Path) -> Path:
+    """A copy of a run's model without its temperatures (and its .yaml: the split it used)."""
+    from mnistcnn.checkpoint import save_model
+
+    model = load_model(run["path"])
+    model.meta = {k: v for k, v in model.meta.items() if "temperature" not in k}
+    path = folder / "raw.pth"
+    save_model(model, path)
+    shutil.copy(Path(run["path"]).with_suffix(".yaml"), path.with_suffix(".yaml"))
+    return path
+
+
+def test_an_ensemble_member_without_a_temperature_is_named(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    digit_images: dict[Path, int],
+    digit_model_run: dict,
+    tiny_run: dict,
+) -> None:
+    raw = _uncalibrated(tiny_run, tmp_path)
+    paths = list(digit_images)[:3]
+    code, _, err = cli(capsys, "predict", *paths, "-m", digit_model_run["path"], "-m", raw)
+    assert code == 0
+    assert err.strip() == (
+        f"mnistcnn: note: {raw} has no stored temperature, so its probabilities are the raw "
+        f"softmax (uncalibrated); store one with: mnistcnn calibrate {raw}"
+    )
+
+
+@pytest.mark.slow
+def test_eval_fits_a_temperature_for_a_member_without_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_run: dict, data_dir: Path
+) -> None:
+    raw = _uncalibrated(tiny_run, tmp_path)
+    code, out, _ = cli(capsys, "eval", tiny_run["path"], raw, "--data-dir", data_dir, "--json")
+    assert code == 0
+    ensemble = json.loads(out)["ensemble"]
+    assert ensemble["fitted_now"] == [str(raw)]
+    stored, fitted = (m["temperature"] for m in ensemble["members"])
+    assert stored == tiny_run["temperature"] and fitted == pytest.approx(stored, rel=1e-6)
+
+
+def test_a_model_given_twice_or_a_folder_for_the_default_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "eval", "a.pth", "./a.pth", "--no-download")
+    assert (code, out) == (1, "")
+    assert err.strip() == "mnistcnn: error: a model is given twice: a.pth ./a.pth"
+    TRAINED.mkdir(parents=True)  # models/cnn.pth as a folder: said, not skipped
+    code, out, err = cli(capsys, "predict", "x.png")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "mnistcnn: using models/cnn.pth (no model given)",
+        "mnistcnn: error: not a file: models/cnn.pth",
+    ]
 
 
 def test_predict_with_several_models_reads_with_their_ensemble(
@@ -159,7 +221,7 @@ def test_predict_with_several_models_reads_with_their_ensemble(
     assert [a["probability"] for a in answers] == pytest.approx(expected, abs=1e-5)
 
 
-def test_an_ensemble_is_of_pth_models(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_ensemble_is_of_pth_models(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "predict", "x.png", "-m", "a.onnx", "-m", "b.pth")
     assert (code, out) == (1, "")
     assert err.strip() == (

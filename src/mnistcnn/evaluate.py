@@ -10,7 +10,11 @@ from typing import Any
 
 import torch
 
-from mnistcnn.calibrate import evaluate_calibration, expected_calibration_error
+from mnistcnn.calibrate import (
+    evaluate_calibration,
+    expected_calibration_error,
+    fit_on_validation,
+)
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist
 from mnistcnn.metrics import classification_report
@@ -18,6 +22,8 @@ from mnistcnn.model.summary import fuse
 from mnistcnn.predict.classify import (
     Ensemble,
     images_view_logits,
+    log_of,
+    mean_probabilities,
     probabilities,
     stored_temperatures,
 )
@@ -39,9 +45,11 @@ def evaluate_models(
     models = [fuse(load_model(p, device)).to(memory_format=torch.channels_last) for p in paths]
     test = load_mnist(data_dir, train=False, download=download, cache=default_cache_dir())
     test = test.to(device)
+    started = time.perf_counter()
     logits = [
         predict_logits(m, test, batch_size, device, amp=amp, channels_last=True) for m in models
     ]
+    seconds = time.perf_counter() - started
     if len(models) == 1:
         report = classification_report(logits[0], test.labels)
         report["stored_accuracy"] = models[0].meta.get("test_accuracy")
@@ -50,30 +58,39 @@ def evaluate_models(
             models[0], paths[0], test, logits[0], data_dir, **how
         )
         return report
-    ensemble = Ensemble(models)
-    started = time.perf_counter()
-    if use_tta:
-        views = images_view_logits(ensemble, test.images, batch_size)
-    else:
-        views = predict_logits(ensemble, test, batch_size, device, amp=amp, channels_last=True)
-        views = views[None]
-    mean = probabilities(views, ensemble.meta, use_tta)
-    seconds = time.perf_counter() - started
+    # As for one model: a member without a stored temperature gets one fitted now.
+    temperatures, fitted = [], []
+    for model, path in zip(models, paths, strict=True):
+        stored = stored_temperatures(model.meta)
+        if stored is None:
+            stored = fit_on_validation(model, path, data_dir, download, batch_size)[0]
+            fitted.append(str(path))
+        temperatures.append(stored["temperature"])
     labels = test.labels.cpu()
-    report = classification_report(mean.log(), labels)
+    mean = mean_probabilities([x.cpu() for x in logits], temperatures)
+    report = classification_report(log_of(mean), labels)
     report["ensemble"] = {
         "members": [
             {
                 "model": str(path),
-                "accuracy": (plain.argmax(1).cpu() == labels).double().mean().item(),
-                "calibrated": stored_temperatures(m.meta) is not None,
+                "accuracy": (x.argmax(1).cpu() == labels).double().mean().item(),
+                "temperature": t,
             }
-            for path, plain, m in zip(paths, logits, models, strict=True)
+            for path, x, t in zip(paths, logits, temperatures, strict=True)
         ],
-        "tta": use_tta,
+        "fitted_now": fitted,
         "ece": expected_calibration_error(mean, labels),
         "seconds": round(seconds, 3),
     }
+    if use_tta:  # as `predict --tta -m A -m B`: the ensemble's log-probabilities over the views
+        ensemble = Ensemble(models, temperatures)
+        views = images_view_logits(ensemble, test.images, batch_size)
+        tta = probabilities(views, ensemble.meta, use_tta=True)
+        report["ensemble"]["tta"] = {
+            "views": len(views),
+            "accuracy": (tta.argmax(1) == labels).double().mean().item(),
+            "ece": expected_calibration_error(tta, labels),
+        }
     return report
 
 
@@ -82,13 +99,21 @@ def format_ensemble(ensemble: dict[str, Any], accuracy: float) -> list[str]:
     members = ensemble["members"]
     best = max(m["accuracy"] for m in members)
     lines = [
-        f"ensemble of {len(members)} models (calibrated probabilities averaged"
-        f"{', each over its TTA views' if ensemble['tta'] else ''}): "
+        f"ensemble of {len(members)} models (their calibrated probabilities averaged): "
         f"{100 * accuracy:.2f} %, {100 * (accuracy - best):+.2f} points on its best member",
         *(f"  {100 * m['accuracy']:.2f} %  {m['model']}" for m in members),
-        f"  ECE {100 * ensemble['ece']:.2f} %; {ensemble['seconds']:.2f} s for the test set",
+        f"  ECE {100 * ensemble['ece']:.2f} %; the members took {ensemble['seconds']:.2f} s "
+        "for the test set",
     ]
-    raw = [m["model"] for m in members if not m["calibrated"]]
-    if raw:
-        lines.append(f"  no stored temperature (raw softmax): {', '.join(raw)}")
+    if "tta" in ensemble:
+        tta = ensemble["tta"]
+        lines.append(
+            f"  with test-time augmentation ({tta['views']} views): "
+            f"{100 * tta['accuracy']:.2f} %, ECE {100 * tta['ece']:.2f} %"
+        )
+    if ensemble["fitted_now"]:
+        lines.append(
+            "  no stored temperature, fitted now on the validation split (`mnistcnn calibrate` "
+            f"stores it): {', '.join(ensemble['fitted_now'])}"
+        )
     return lines

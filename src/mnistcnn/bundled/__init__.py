@@ -12,6 +12,6 @@ TRAINED = Path("models/cnn.pth")  # `mnistcnn train`'s default output
 
 def default_model() -> tuple[Path, str]:
     """models/cnn.pth when it exists, else the bundled model; and a note saying which."""
-    if TRAINED.is_file():
+    if TRAINED.exists():  # a folder there is reported as one by the loader
         return TRAINED, f"mnistcnn: using {TRAINED} (no model given)"
     return BUNDLED, f"mnistcnn: no model given, no {TRAINED}: using the bundled model (base recipe)"

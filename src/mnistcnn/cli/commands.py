@@ -44,13 +44,21 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _model(given: str | None) -> str:
     """The model file a command was given, or the default one (said on stderr)."""
-    if given:
+    if given is not None:
         return given
     from mnistcnn.bundled import default_model
 
     path, note = default_model()
     stderr(note)
     return str(path)
+
+
+def _models(given: list[str] | None) -> list[str]:
+    """The model files given, each once (several: an ensemble), or the default one."""
+    paths = given or [_model(None)]
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise ConfigError(f"a model is given twice: {' '.join(paths)}")
+    return paths
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mnistcnn.metrics import format_metrics
     from mnistcnn.train.build import resolve_device
 
-    paths = args.models or [_model(None)]
+    paths = _models(args.models)
     device = resolve_device(args.device or "auto", "--device")
     how = {"download": not args.no_download, "batch_size": args.batch_size, "amp": args.amp}
     report = evaluate_models(paths, args.data_dir, device, use_tta=args.tta, **how)
@@ -153,9 +161,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _note_uncalibrated(raw: list[str], results: list) -> None:
     """After any answer from a model without a temperature: say its p is not calibrated."""
     if raw and any(not p.error for p in results):
+        has, its = ("has", "its") if len(raw) == 1 else ("have", "their")
+        fix = "; ".join(f"mnistcnn calibrate {path}" for path in raw)
         stderr(
-            f"mnistcnn: note: {', '.join(raw)} has no stored temperature, so its probabilities "
-            f"are the raw softmax (uncalibrated); store one with: mnistcnn calibrate {raw[0]}"
+            f"mnistcnn: note: {', '.join(raw)} {has} no stored temperature, so {its} "
+            f"probabilities are the raw softmax (uncalibrated); store one with: {fix}"
         )
 
 
@@ -202,7 +212,7 @@ def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    paths = args.model or [_model(None)]
+    paths = _models(args.model)
     onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
     if onnx and len(paths) > 1:
         raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")

@@ -44,22 +44,32 @@ def probabilities(view_logits: torch.Tensor, meta: dict[str, Any], use_tta: bool
     return F.softmax(view_logits[0].float() / temps["temperature"], dim=-1)
 
 
+def mean_probabilities(logits: list[torch.Tensor], temperatures: list[float]) -> torch.Tensor:
+    """The mean of several models' probabilities, each calibrated by its own temperature."""
+    pairs = zip(logits, temperatures, strict=True)
+    return torch.stack([F.softmax(x.float() / t, dim=-1) for x, t in pairs]).mean(0)
+
+
+def log_of(probs: torch.Tensor) -> torch.Tensor:
+    """log p, finite even where p underflowed to 0."""
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
 class Ensemble(nn.Module):
     """Several models as one: the log of the mean of their calibrated probabilities."""
 
-    def __init__(self, models: list[DigitNet]) -> None:
+    def __init__(self, models: list[DigitNet], temperatures: list[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
-        temps = [stored_temperatures(m.meta) for m in models]
-        self.temperatures = [1.0 if t is None else t["temperature"] for t in temps]
-        # Already calibrated when every member is: T = 1 on the averaged probabilities.
-        calibrated = all(t is not None for t in temps)
+        stored = [stored_temperatures(m.meta) for m in models]
+        # A member without a temperature (none stored, none given) counts with T = 1.
+        self.temperatures = temperatures or [1.0 if t is None else t["temperature"] for t in stored]
+        calibrated = temperatures is not None or all(t is not None for t in stored)
+        # Calibrated members make calibrated averages: T = 1 on the ensemble's output.
         self.meta = {"temperature": 1.0, "tta_temperature": 1.0} if calibrated else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = zip(self.members, self.temperatures, strict=True)
-        probs = [F.softmax(m(x).float() / t, dim=-1) for m, t in pairs]
-        return torch.stack(probs).mean(0).log()
+        return log_of(mean_probabilities([m(x) for m in self.members], self.temperatures))
 
 
 def views(images: torch.Tensor, count: int = len(VIEWS)) -> torch.Tensor:
