@@ -74,9 +74,10 @@ def dark_ink(luminance: np.ndarray) -> bool:
     # wide as the other's, and as a stroke at most ~30 % of the frame, is ink. Pieces at the
     # frame's edge go on past it (a stroke crossing the edge stays as wide, the paper beside a
     # digit that fills the frame widens), so neither the border nor the majority is paper.
-    low, high = np.percentile(half, [5, 95])
+    smooth = ndimage.gaussian_filter(half, 2)  # sensor noise splits into specks, strokes do not
+    low, high = np.percentile(smooth, [5, 95])
     if high - low > 0.1:
-        dark = np.pad(half < (low + high) / 2, max(half.shape) // 2, mode="edge")
+        dark = np.pad(smooth < (low + high) / 2, max(half.shape) // 2, mode="edge")
         thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
         thin = min(thick_dark, thick_light)
         if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
