@@ -7,6 +7,7 @@ downloaded. Decoded tensors are cached in a per-session temporary folder, not in
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -195,11 +196,30 @@ def _fit(
     return {**result, "path": out, "cfg": cfg, "logs": logs}
 
 
+def _once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], dict]) -> dict:
+    """A session fixture's run made once for all the pytest-xdist workers: the first makes it
+    in a folder they share, the others wait for it and read its result."""
+    from filelock import FileLock
+
+    from mnistcnn.config.build import from_dict, to_dict
+
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    saved = root / f"{name}.json"
+    with FileLock(f"{saved}.lock"):
+        if not saved.is_file():
+            (root / name).mkdir()
+            result = make(root / name)
+            kept = {**result, "path": str(result["path"]), "cfg": to_dict(result["cfg"])}
+            saved.write_text(json.dumps(kept))
+    result = json.loads(saved.read_text())
+    return {**result, "path": Path(result["path"]), "cfg": from_dict(result["cfg"])}
+
+
 @pytest.fixture(scope="session")
 def tiny_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """configs/tiny.yaml exactly as shipped (its data, model and schedule), trained once."""
-    out = tmp_path_factory.mktemp("tiny") / "tiny.pth"
-    return _fit(data_dir, out, TINY, ())
+    return _once(tmp_path_factory, "tiny", lambda d: _fit(data_dir, d / "tiny.pth", TINY, ()))
 
 
 @pytest.fixture(scope="session")
@@ -215,8 +235,8 @@ def small_run(
 @pytest.fixture(scope="session")
 def digit_model_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A ~98 % model for the prediction tests, trained once."""
-    out = tmp_path_factory.mktemp("digits") / "digits.pth"
-    return _fit(data_dir, out, TINY, (*DIGIT_MODEL_SETS, "train.run_dir=null"))
+    sets = (*DIGIT_MODEL_SETS, "train.run_dir=null")
+    return _once(tmp_path_factory, "digits", lambda d: _fit(data_dir, d / "digits.pth", TINY, sets))
 
 
 @pytest.fixture(scope="session")
