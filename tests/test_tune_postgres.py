@@ -253,20 +253,7 @@ def test_a_storage_that_will_not_open_is_one_line_and_leaves_nothing(
 ) -> None:
     url = server.url(**{"database": "postgres", **where})
     path = tune_file(tmp_path, data_dir, n_trials=1)
-    assert (
-        main(
-            [
-                "tune",
-                "-c",
-                str(path),
-                "--storage",
-                url,
-                "--set",
-                f"search.directory={tmp_path / 'runs'}",
-            ]
-        )
-        == 1
-    )
+    assert main(tune_command(path, url, tmp_path / "runs")[3:]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert PASSWORD not in err and not (tmp_path / "runs").exists()
@@ -281,20 +268,7 @@ def test_a_missing_driver_names_the_extra(
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg: ModuleNotFoundError
     path = tune_file(tmp_path, data_dir, n_trials=1)
     url = "postgresql://postgres@127.0.0.1:1/optuna"
-    assert (
-        main(
-            [
-                "tune",
-                "-c",
-                str(path),
-                "--storage",
-                url,
-                "--set",
-                f"search.directory={tmp_path / 'runs'}",
-            ]
-        )
-        == 1
-    )
+    assert main(tune_command(path, url, tmp_path / "runs")[3:]) == 1
     err = capsys.readouterr().err
     assert "needs the psycopg driver: pip install 'mnistcnn[postgres]'" in err, err
     assert not (tmp_path / "runs").exists()
