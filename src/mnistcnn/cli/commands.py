@@ -123,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         stored = report["stored_accuracy"]
         if stored is not None:
-            lines[0] += f"\n(the model file says {100 * stored:.2f} %, measured when it was saved)"
+            said = f"(the model file says {100 * stored:.2f} %, measured when it was saved)"
+            lines[0] = lines[0].replace("\n\n", f"\n{said}\n\n", 1)  # under the accuracy
         lines += format_calibration(report["calibration"])
     print_json(report) if args.json else stdout("\n".join(lines))
     if args.save_confusion:
