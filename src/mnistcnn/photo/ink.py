@@ -175,14 +175,17 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
     index = np.arange(1, count + 1)
     masses = ndimage.sum_labels(contrast, labels, index)
-    strengths = ndimage.maximum(contrast, labels, index)
+    # Each piece's strongest ink, without sorting the frame (as ndimage.maximum does).
+    strengths = np.zeros(count + 1, contrast.dtype)
+    on = labels > 0
+    np.maximum.at(strengths, labels[on], contrast[on])
     sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
     longest = max(labels.shape)
     contact = np.max([np.bincount(side, minlength=count + 1) for side in sides], 0) / longest
     parts = []
     for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
         box = (cols.start, rows.start, cols.stop, rows.stop)
-        strength = float(strengths[label - 1])
+        strength = float(strengths[label])
         if strength >= INK_LEVEL * peak:
             mass = float(masses[label - 1])
             parts.append(Part(int(label), box, mass, strength, float(contact[label])))
