@@ -152,6 +152,12 @@ def tune_command(path: Path, url: str, folder: Path) -> list[str]:
     ]
 
 
+def spawn(cmd: list[str]) -> subprocess.Popen:
+    """A `mnistcnn tune` worker process, its output piped and unbuffered."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def wait_for(what: Callable[[], Any], worker: subprocess.Popen) -> Any:
     """The first true `what()` while `worker` runs."""
     deadline = time.monotonic() + 60
@@ -169,10 +175,8 @@ def test_a_killed_worker_trial_is_failed_and_retried_by_a_live_one(
 ) -> None:
     url = server.createdb("killed")
     path = tune_file(tmp_path, data_dir, n_trials=3)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = dict(env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    doomed = subprocess.Popen(tune_command(path, url, tmp_path / "a"), **run)
-    live = subprocess.Popen(tune_command(path, url, tmp_path / "b"), **run)
+    doomed = spawn(tune_command(path, url, tmp_path / "a"))
+    live = spawn(tune_command(path, url, tmp_path / "b"))
     mine = f':{doomed.pid}"'
 
     def doomed_running() -> list[int]:
@@ -208,7 +212,7 @@ def test_a_lost_server_stops_the_worker_and_the_same_command_continues(
     url = server.createdb("lost")
     path = tune_file(tmp_path, data_dir, n_trials=3)
     cmd = tune_command(path, url, tmp_path)
-    worker = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker = spawn(cmd)
     wait_for(
         lambda: [s for _, s, _, _ in server.trials(url)][-2:] == ["COMPLETE", "RUNNING"], worker
     )

@@ -45,6 +45,11 @@ def format_metrics(report: dict[str, Any]) -> str:
         f"test images: {report['images']}",
         f"loss: {report['loss']:.4f}",
         f"accuracy: {100 * report['accuracy']:.2f} %",
+    ]
+    if report.get("stored_accuracy") is not None:
+        stored = 100 * report["stored_accuracy"]
+        lines.append(f"(the model file says {stored:.2f} %, measured when it was saved)")
+    lines += [
         "",
         "digit  precision  recall     f1  support",
     ]

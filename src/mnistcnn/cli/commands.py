@@ -121,10 +121,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "ensemble" in report:
         lines += format_ensemble(report["ensemble"], report["accuracy"])
     else:
-        stored = report["stored_accuracy"]
-        if stored is not None:
-            said = f"(the model file says {100 * stored:.2f} %, measured when it was saved)"
-            lines[0] = lines[0].replace("\n\n", f"\n{said}\n\n", 1)  # under the accuracy
         lines += format_calibration(report["calibration"])
     print_json(report) if args.json else stdout("\n".join(lines))
     if args.save_confusion:
