@@ -15,21 +15,6 @@ from mnistcnn.errors import MnistCnnError
 LOG_TO_STDERR = ("serve", "tune")
 
 
-class _Lines(logging.Handler):
-    """Each message bare on sys.stdout or sys.stderr, looked up when written (pytest swaps them)."""
-
-    def __init__(self, to_stderr: bool) -> None:
-        super().__init__(logging.INFO)
-        self.to_stderr = to_stderr
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if self.to_stderr else sys.stdout
-        try:
-            print(self.format(record), file=stream, flush=True)
-        except Exception:
-            self.handleError(record)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     try:
@@ -39,7 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logger = logging.getLogger("mnistcnn")
     level = logger.level
-    lines = _Lines(getattr(args, "json", False) or args.command in LOG_TO_STDERR)
+    to_stderr = getattr(args, "json", False) or args.command in LOG_TO_STDERR
+    # Each message bare, on the streams of this call (pytest swaps them between tests).
+    lines = logging.StreamHandler(sys.stderr if to_stderr else sys.stdout)
+    lines.setLevel(logging.INFO)
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
     try:

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +42,17 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return sets
 
 
-def _model(given: str | None) -> str:
-    """The model file a command was given, or the default one (said on stderr)."""
-    if given is not None:
-        return given
-    from mnistcnn.bundled import default_model
-
-    path, note = default_model()
-    stderr(note)
-    return str(path)
-
-
 def _models(given: list[str] | None) -> list[str]:
-    """The model files given, each once (several: an ensemble), or the default one."""
-    paths = given or [_model(None)]
-    if len({Path(p).resolve() for p in paths}) < len(paths):
-        raise ConfigError(f"a model is given twice: {' '.join(paths)}")
-    return paths
+    """The model files given, each once (several: an ensemble), else the default (noted)."""
+    if not given:
+        from mnistcnn.bundled import default_model
+
+        path, note = default_model()
+        stderr(note)
+        given = [str(path)]
+    if len({Path(p).resolve() for p in given}) < len(given):
+        raise ConfigError(f"a model is given twice: {' '.join(given)}")
+    return given
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -95,10 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
     if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
-    if args.json:
-        print_json(result)
-        return 0
-    stdout(
+    print_json(result) if args.json else stdout(
         f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})\n"
         f"temperature {result['temperature']:.4f}: validation ECE "
         f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
@@ -144,26 +135,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     model.meta = {**model.meta, **fitted}
     save_model(model, args.model)
-    if args.json:
-        print_json({**fitted, "split": split, "model": args.model})
-    else:
-        stdout(
-            f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}"
-            f"), fitted on {split}\nvalidation ECE {100 * fitted['val_ece']:.2f} % -> "
-            f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
-        )
+    print_json({**fitted, "split": split, "model": args.model}) if args.json else stdout(
+        f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}"
+        f"), fitted on {split}\nvalidation ECE {100 * fitted['val_ece']:.2f} % -> "
+        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
+    )
     return 0
-
-
-def _note_uncalibrated(raw: list[str], results: list) -> None:
-    """After any answer from a model without a temperature: say its p is not calibrated."""
-    if raw and any(not p.error for p in results):
-        has, its = ("has", "its") if len(raw) == 1 else ("have", "their")
-        fix = "; ".join(f"mnistcnn calibrate {path}" for path in raw)
-        stderr(
-            f"mnistcnn: note: {', '.join(raw)} {has} no stored temperature, so {its} "
-            f"probabilities are the raw softmax (uncalibrated); store one with: {fix}"
-        )
 
 
 def _confidence(p: Any) -> str:
@@ -185,19 +162,11 @@ def _number_line(p: Any) -> str:
     return f"{p.path}: {p.number}  {_confidence(p)}  {digits}"
 
 
-def _show(found: Iterable[Any], as_json: bool, line: Callable[[Any], str]) -> list:
-    """Print each answer as it comes (errors on stderr); collect them all."""
-    results = []
-    for p in found:
-        results.append(p)
-        if p.error:
-            stderr(f"mnistcnn: error: {p.error}")
-        elif not as_json:
-            stdout(line(p))
-    return results
-
-
-def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
+    paths = _models(args.model)
+    onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
+    if onnx and len(paths) > 1:
+        raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")
     if args.explain and not args.save_preprocessed:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (args.multi or onnx):
@@ -206,14 +175,6 @@ def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
         raise ConfigError("--tta works with a .pth model (its views need torch)")
     if args.multi and onnx:
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    paths = _models(args.model)
-    onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
-    if onnx and len(paths) > 1:
-        raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")
-    _check_predict_flags(args, onnx)
     if onnx:  # onnxruntime: torch is never imported
         from mnistcnn.predict.files import load_onnx
 
@@ -240,8 +201,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classify = model.probabilities if onnx else classifier(model, args.tta)
         labels = model.labels if onnx else DIGITS
         found = predict_paths(classify, args.images, labels=labels, **options)
-    results = _show(found, args.json, _number_line if args.multi else _label_line)
-    _note_uncalibrated(raw, results)
+    results = []
+    for p in found:  # each answer printed as it comes, errors on stderr
+        results.append(p)
+        if p.error:
+            stderr(f"mnistcnn: error: {p.error}")
+        elif not args.json:
+            stdout(_number_line(p) if args.multi else _label_line(p))
+    if raw and any(not p.error for p in results):
+        has, its = ("has", "its") if len(raw) == 1 else ("have", "their")
+        fix = "; ".join(f"mnistcnn calibrate {path}" for path in raw)
+        stderr(
+            f"mnistcnn: note: {', '.join(raw)} {has} no stored temperature, so {its} "
+            f"probabilities are the raw softmax (uncalibrated); store one with: {fix}"
+        )
     if args.explain:
         from mnistcnn.predict.classify import explain_predictions
 
@@ -261,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if exc.name not in {"fastapi", "uvicorn", "multipart", "python_multipart", "starlette"}:
             raise
         raise MnistCnnError(f"serve needs {exc.name}: pip install 'mnistcnn[serve]'") from None
-    serve(_model(args.model), args.host, args.port)
+    serve(_models(None if args.model is None else [args.model])[0], args.host, args.port)
     return 0
 
 
