@@ -20,7 +20,7 @@ from mnistcnn.files import atomic_write
 from mnistcnn.model.nets import IMAGE_SIZE, NUM_CLASSES, DigitNet
 from mnistcnn.model.summary import count_batchnorms, fuse
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = {"onnx": formats.to_onnx, "torchscript": formats.to_torchscript}
 QUANTIZATIONS = ("int8",)
 LABELS = tuple(str(digit) for digit in range(NUM_CLASSES))
 # A float export must reproduce the source model's logits this closely (they are ~1-10 in size);
@@ -72,35 +72,15 @@ def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str,
     }
 
 
-def _check_request(
-    model_path: str | Path, out: Path, fmt: str, quantize: str | None, data: bool, overwrite: bool
-) -> None:
-    """Refuse an unknown format or quantization, int8 without data, or an output in the way."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ExportError(f"unknown quantization {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
-    if quantize and not data:
-        raise ExportError(
-            "--quantize int8 calibrates on MNIST training images: pass --data-dir "
-            "(the folder holding MNIST/raw/)"
-        )
-    if out.exists() and out.resolve() == Path(model_path).resolve():
-        raise ExportError(f"the output would replace the model being exported: {out}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists: pass --overwrite to replace it")
-
-
-def _check_set(data_dir: str | Path | None) -> tuple[str, np.ndarray, np.ndarray | None]:
-    """The images an export is compared on: MNIST's test set, or seeded noise without data."""
-    if data_dir is None:
-        seeded = torch.Generator().manual_seed(0)
-        noise = torch.rand(NOISE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=seeded)
-        return "noise", noise.numpy(), None
+def _mnist(data_dir: str | Path, train: bool, count: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """MNIST images as floats (N, 1, 28, 28) in [0, 1] and their labels; `count`: seeded ones."""
     from mnistcnn.data import default_cache_dir, load_mnist, to_float
 
-    test = load_mnist(data_dir, train=False, download=False, cache=default_cache_dir())
-    return "test", to_float(test.images).numpy(), test.labels.numpy()
+    split = load_mnist(data_dir, train=train, download=False, cache=default_cache_dir())
+    if not count:
+        return to_float(split.images), split.labels.numpy()
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:count]
+    return to_float(split.images[pick]), split.labels[pick].numpy()
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -120,17 +100,41 @@ def export_model(
 ) -> ExportReport:
     """Export a `.pth` model to `out`, check the result against it, then write it atomically."""
     out = Path(out)
-    _check_request(model_path, out, fmt, quantize, data_dir is not None, overwrite)
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
+    if quantize and data_dir is None:
+        raise ExportError(
+            "--quantize int8 calibrates on MNIST training images: pass --data-dir "
+            "(the folder holding MNIST/raw/)"
+        )
+    if out.exists() and out.resolve() == Path(model_path).resolve():
+        raise ExportError(f"the output would replace the model being exported: {out}")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists: pass --overwrite to replace it")
     model = load_model(model_path)
     source = fuse(model) if fuse_bn else model
     meta = metadata(model, fused=fuse_bn, quantize=quantize)
-    to_float = formats.to_onnx if fmt == "onnx" else formats.to_torchscript
-    data = float_bytes = to_float(source, meta)
+    data = float_bytes = FORMATS[fmt](source, meta)
     calibrated = 0
     if quantize:
-        images = formats.calibration_images(data_dir, calibration)  # type: ignore[arg-type]
-        data, calibrated = formats.to_int8(fmt, source, float_bytes, images, meta), len(images)
-    checked_on, check, labels = _check_set(data_dir)
+        if calibration < 1:
+            raise ExportError(f"calibration needs at least 1 image (got {calibration})")
+        # int8 in both formats: min/max ranges, 8-bit activations, symmetric per-channel weights.
+        images = _mnist(data_dir, True, calibration)[0]  # type: ignore[arg-type]
+        if fmt == "onnx":
+            data = formats.quantize_onnx(float_bytes, images.numpy(), meta)
+        else:
+            data = formats.to_torchscript(formats.quantize_torch(source, images), meta)
+        calibrated = len(images)
+    labels = None
+    if data_dir is None:
+        seeded = torch.Generator().manual_seed(0)
+        check = torch.rand(NOISE_IMAGES, 1, IMAGE_SIZE, IMAGE_SIZE, generator=seeded).numpy()
+    else:
+        images, labels = _mnist(data_dir, False)
+        check = images.numpy()
     expected = formats.logits_of(formats.torch_runner(model), check)
     got = formats.logits_of(formats.runner(fmt, data), check)
     diff = float(np.abs(got - expected).max())
@@ -149,7 +153,7 @@ def export_model(
         bytes=len(data),
         float_bytes=len(float_bytes),
         source_bytes=Path(model_path).stat().st_size,
-        checked_on=checked_on,
+        checked_on="noise" if labels is None else "test",
         images=len(check),
         max_abs_diff=diff,
         accuracy=_accuracy(got, labels),

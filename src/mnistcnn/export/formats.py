@@ -136,25 +136,6 @@ def logits_of(run: Runner, images: np.ndarray) -> np.ndarray:
     return np.concatenate([run(images[s : s + BATCH]) for s in range(0, len(images), BATCH)])
 
 
-def calibration_images(data_dir: str | Path, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """`count` seeded MNIST training images as floats in [0, 1], (count, 1, 28, 28)."""
-    from mnistcnn.data import default_cache_dir, load_mnist, to_float
-
-    if count < 1:
-        raise ExportError(f"calibration needs at least 1 image (got {count})")
-    train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-    return to_float(train.images[pick])
-
-
-# int8 in both formats: min/max ranges, 8-bit activations, symmetric per-channel int8 weights.
-def to_int8(fmt: str, model: nn.Module, onnx: bytes, images: torch.Tensor, meta: Meta) -> bytes:
-    """The int8 export: onnxruntime's from the float `onnx`, or torch.ao's traced `model`."""
-    if fmt == "onnx":
-        return quantize_onnx(onnx, images.numpy(), meta)
-    return to_torchscript(quantize_torch(model, images), meta)
-
-
 def quantize_torch(model: nn.Module, images: torch.Tensor) -> nn.Module:
     """int8 through torch.ao FX on the x86 backend: Conv+BN+ReLU fused, per-channel weights."""
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping
