@@ -44,9 +44,7 @@ def schedulers() -> dict[str, type]:
 
     # These wrap other scheduler objects or Python callables, which YAML cannot express.
     drop = ("SequentialLR", "ChainedScheduler", "LambdaLR", "MultiplicativeLR")
-    found = _torch_classes(lr_scheduler, lr_scheduler.LRScheduler, drop)
-    found["ReduceLROnPlateau"] = lr_scheduler.ReduceLROnPlateau
-    return found
+    return _torch_classes(lr_scheduler, lr_scheduler.LRScheduler, drop)
 
 
 def losses() -> dict[str, type]:
@@ -86,6 +84,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):  # the schemas' unions are all `X | None`
         (arg,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else coerce(value, arg, key)
+    if tp is Component:
+        return _component(key, value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):  # already built (tune's search spaces)
             return value
@@ -105,17 +105,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
     """Dataclass `cls` from plain data; keys are named `where.key` in errors."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)  # the fields, in order: the schemas have no ClassVar
     values = {}
     for key, value in raw.items():
         full = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown key {full!r}; valid keys: {', '.join(names)}")
-        if hints[key] is Component:
-            values[key] = _component(full, value)
-        else:
-            values[key] = coerce(value, hints[key], full)
+        if key not in hints:
+            raise ConfigError(f"unknown key {full!r}; valid keys: {', '.join(hints)}")
+        values[key] = coerce(value, hints[key], full)
     return cls(**values)
 
 
