@@ -98,31 +98,29 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class BodyLimit:
+def body_limit(app: ASGIApp, max_bytes: int) -> ASGIApp:
     """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length or as it streams."""
+    too_large = f"request body too large (limit {max_bytes // 1024 // 1024} MB)"
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.too_large = f"request body too large (limit {max_bytes // 1024 // 1024} MB)"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            return await JSONResponse({"detail": too_large}, 413)(scope, receive, send)
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # a chunked body without Content-Length
-                raise HTTPException(413, self.too_large)
+            if seen > max_bytes:  # a chunked body without Content-Length
+                raise HTTPException(413, too_large)
             return message
 
-        await self.app(scope, counted, send)
+        await app(scope, counted, send)
+
+    return limited
 
 
 def predict_image(model: DigitNet, img: Image.Image) -> Prediction:
@@ -201,7 +199,7 @@ def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES)
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(body_limit, max_bytes=max_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     info = model.get_extra_state()
     described = ModelInfo(
