@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from mnistcnn.cli.parser import build_parser
 from mnistcnn.errors import MnistCnnError
 
-LOG_TO_STDERR = ("serve", "tune")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
@@ -24,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logger = logging.getLogger("mnistcnn")
     level = logger.level
-    to_stderr = getattr(args, "json", False) or args.command in LOG_TO_STDERR
+    to_stderr = getattr(args, "json", False) or args.command in ("serve", "tune")
     # Each message bare, on the streams of this call (pytest swaps them between tests).
     lines = logging.StreamHandler(sys.stderr if to_stderr else sys.stdout)
     lines.setLevel(logging.INFO)

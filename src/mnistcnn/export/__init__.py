@@ -22,7 +22,6 @@ from mnistcnn.model.summary import count_batchnorms, fuse
 
 FORMATS = {"onnx": formats.to_onnx, "torchscript": formats.to_torchscript}
 QUANTIZATIONS = ("int8",)
-LABELS = tuple(str(digit) for digit in range(NUM_CLASSES))
 # A float export must reproduce the source model's logits this closely (they are ~1-10 in size);
 # more means a broken export, not rounding.
 FLOAT_TOLERANCE = 1e-4
@@ -65,7 +64,7 @@ def metadata(model: DigitNet, *, fused: bool, quantize: str | None) -> dict[str,
         # Applied inside the graph: a consumer feeds [0, 1] pixels, never normalized ones.
         "normalization": json.dumps({"mean": info["mean"], "std": info["std"], "in_graph": True}),
         "output": formats.OUTPUT_NAME,
-        "labels": json.dumps(list(LABELS)),
+        "labels": json.dumps([str(digit) for digit in range(NUM_CLASSES)]),
         "fused": json.dumps(fused),
         "quantize": quantize or "none",
         "training": json.dumps(info["meta"]),
