@@ -53,20 +53,14 @@ def finished(found: Mapping[str, int]) -> int:
     return found["complete"] + found["pruned"] + found["failed"]
 
 
-def _evaluator() -> Any:
-    from optuna.importance import PedAnovaImportanceEvaluator
+def _importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     # PED-ANOVA: numpy only and instant; fANOVA (the default before Optuna 5) needs scikit-learn.
-    return PedAnovaImportanceEvaluator()
-
-
-def _importances(study: Any) -> tuple[dict[str, float] | None, str | None]:
-    from optuna.importance import get_param_importances
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "too few trials to tell apart": still a result
-            found = get_param_importances(study, evaluator=_evaluator())
+            found = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return None, f"no parameter importances: {exc}"
     return {k: round(float(v), 4) for k, v in found.items()}, None
@@ -78,6 +72,7 @@ def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], lis
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from optuna.importance import PedAnovaImportanceEvaluator
         from optuna.visualization import matplotlib as vis
     except ImportError as exc:
         return [], [f"no plots: {exc} (pip install 'mnistcnn[tune]')"]
@@ -87,7 +82,8 @@ def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], lis
         "epochs.png": vis.plot_intermediate_values,
     }
     if importances:
-        wanted["importances.png"] = partial(vis.plot_param_importances, evaluator=_evaluator())
+        evaluator = PedAnovaImportanceEvaluator()
+        wanted["importances.png"] = partial(vis.plot_param_importances, evaluator=evaluator)
     for name, plot in wanted.items():
         try:
             with warnings.catch_warnings():
@@ -96,9 +92,8 @@ def _plots(study: Any, run_dir: Path, importances: bool) -> tuple[list[str], lis
         except (ValueError, RuntimeError) as exc:
             notes.append(f"no {name}: {exc}")
             continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        fig.savefig(run_dir / name, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        ax.figure.savefig(run_dir / name, dpi=100, bbox_inches="tight")
+        plt.close(ax.figure)
         made.append(str(run_dir / name))
     return made, notes
 

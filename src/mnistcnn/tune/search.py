@@ -120,8 +120,7 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
     raw = read_yaml_file(path)
     valid = [f.name for f in dataclasses.fields(Config)] + ["search"]
     for key in raw:
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid)} ({path})")
+        check(key in valid, f"unknown key {key!r}; valid keys: {', '.join(valid)} ({path})")
     check("search" in raw, f"a tune file needs a search section ({path})")
     sets = list(overrides)
     search_sets = [s for s in sets if s.split("=", 1)[0].strip().startswith("search.")]
@@ -194,13 +193,13 @@ def _check_key(key: str) -> None:
     node: Any = Config
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(node)]
-        if part not in names:
+        hints = typing.get_type_hints(node)  # the fields, in order
+        if part not in hints:
             where = ".".join(parts[:depth]) or "the config"
             raise ConfigError(
-                f"search.space.{key}: {part!r} is not a key of {where}; valid: {', '.join(names)}"
+                f"search.space.{key}: {part!r} is not a key of {where}; valid: {', '.join(hints)}"
             )
-        node = typing.get_type_hints(node)[part]
+        node = hints[part]
         if node is Component or not dataclasses.is_dataclass(node):
             break  # a component takes any of its class's arguments, checked per trial
     if key in ("train.output", "train"):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mnistcnn.config.build import replace_config
+from mnistcnn.config.schema import check
 from mnistcnn.errors import ConfigError, MnistCnnError
 from mnistcnn.tune.report import StudyReport, counts, finished, study_report
 from mnistcnn.tune.search import TuneConfig, trial_config
@@ -308,8 +309,7 @@ def run_study(tune: TuneConfig, *, jobs: int = 1, quiet: bool = False) -> StudyR
     """Create or resume the study, run what is left of its budget on `jobs` processes, report."""
     # `n_trials` counts the study's finished trials (complete, pruned, failed) across runs and
     # machines; a trial cut short by Ctrl-C, or failed by the heartbeat and retried, does not.
-    if jobs < 1:
-        raise ConfigError("--jobs must be >= 1")
+    check(jobs >= 1, "--jobs must be >= 1")
     search, shown = tune.search, tune.search.storage_url(hide_password=True)
     study = open_study(tune, search.seed, create=True)
     with _database(shown):
