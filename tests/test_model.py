@@ -214,3 +214,17 @@ def test_the_batch_size_does_not_change_the_logits() -> None:
     auto = predict_logits(model, split, 0, cpu)
     torch.testing.assert_close(predict_logits(model, split, 7, cpu), auto)
     torch.testing.assert_close(predict_logits(model, split, 300, cpu), auto)
+
+
+def test_the_bundled_file_loads_weights_only_into_this_code() -> None:
+    from mnistcnn.bundled import BUNDLED
+    from mnistcnn.model.summary import format_layer_table, fuse
+
+    state = torch.load(BUNDLED, weights_only=True)
+    model = model_from_state(state).eval()
+    assert model.arch == "cnn" and model.args == state["_extra_state"]["args"]
+    assert list(model.state_dict()) == list(state)  # the same keys, in the same order
+    assert format_layer_table(model).splitlines()[-1].startswith("cnn: 140,458 parameters")
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse(model)(images), model(images), rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -12,7 +13,13 @@ from torch import nn
 NORMS = ("batch", "group", "layer", "none")
 ATTENTIONS = ("none", "se", "spatial", "both")
 POOLS = ("max", "avg", "strided")
-ACTIVATIONS = ("relu", "gelu", "silu")
+POOL = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}  # 2x2; "strided" downsamples in the conv
+ACTIVATION = {
+    "relu": partial(nn.ReLU, inplace=True),
+    "gelu": nn.GELU,
+    "silu": partial(nn.SiLU, inplace=True),
+}
+ACTIVATIONS = tuple(ACTIVATION)
 CHOICES = {"norm": NORMS, "attention": ATTENTIONS, "pool": POOLS, "activation": ACTIVATIONS}
 # GroupNorm's group count: the largest divisor of the width up to 8. Wu & He (2018) use 32, but
 # these layers are 8-128 channels wide; 8 keeps at least one channel per group at every width.
@@ -46,18 +53,6 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def activation_layer(kind: str) -> nn.Module:
-    """GELU, SiLU or ReLU by name."""
-    if kind == "gelu":
-        return nn.GELU()
-    return nn.SiLU(inplace=True) if kind == "silu" else nn.ReLU(inplace=True)
-
-
-def pool_layer(kind: str) -> nn.Module:
-    """A 2x2 max or average pool."""
-    return nn.MaxPool2d(2) if kind == "max" else nn.AvgPool2d(2)
-
-
 class ConvBlock(nn.Sequential):
     """Conv -> [pool] -> norm -> activation with 'same' padding; no conv bias before a norm."""
 
@@ -67,7 +62,7 @@ class ConvBlock(nn.Sequential):
             cin, cout, spec.kernel_size, stride, spec.kernel_size // 2, bias=spec.norm == "none"
         )
         pooled = [conv] if pool is None else [conv, pool]
-        super().__init__(*pooled, norm_layer(spec.norm, cout), activation_layer(spec.activation))
+        super().__init__(*pooled, norm_layer(spec.norm, cout), ACTIVATION[spec.activation]())
 
 
 class GlobalAvgPool(nn.Module):
@@ -99,7 +94,7 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sequential(
             GlobalAvgPool(),
             nn.Conv2d(channels, hidden, 1),
-            activation_layer(activation),
+            ACTIVATION[activation](),
             nn.Conv2d(hidden, channels, 1),
             nn.Sigmoid(),
         )
@@ -137,11 +132,11 @@ class Stage(nn.Module):
         self, cin: int, cout: int, convs: int, spec: Spec, stride: int, pool: Pool
     ) -> None:
         super().__init__()
-        blocks = []
-        for i in range(convs):
-            tail = pool if i == convs - 1 else None
-            blocks.append(ConvBlock(cout if i else cin, cout, spec, 1 if i else stride, tail))
-        self.first, self.rest = blocks[0], nn.ModuleList(blocks[1:])
+        self.first = ConvBlock(cin, cout, spec, stride, pool if convs == 1 else None)
+        self.rest = nn.ModuleList(
+            ConvBlock(cout, cout, spec, 1, pool if i == convs - 1 else None)
+            for i in range(1, convs)
+        )
         self.residual = spec.residual
         self.se = SqueezeExcite(cout, spec.activation) if spec.se else nn.Identity()
 

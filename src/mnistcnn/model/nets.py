@@ -15,12 +15,12 @@ from torch import nn
 from mnistcnn.errors import CheckpointError, ConfigError
 from mnistcnn.model.layers import (
     CHOICES,
+    POOL,
     ConvBlock,
     GlobalAvgPool,
     SpatialAttention,
     Spec,
     Stage,
-    pool_layer,
 )
 
 MNIST_MEAN = 0.1307
@@ -176,19 +176,14 @@ class CNN(DigitNet):
                 "model: pool_before_norm needs pool max or avg and no residual (a skip adds the "
                 "unpooled input)"
             )
-        spec = Spec(
-            kernel_size,
-            norm if batch_norm else "none",
-            activation,
-            residual,
-            attention in ("se", "both"),
-        )
+        se = attention in ("se", "both")
+        spec = Spec(kernel_size, norm if batch_norm else "none", activation, residual, se)
         layers = [ConvBlock(1, stem, spec, stride=2)] if stem else []
         cin = stem or 1
         for i, (cout, convs) in enumerate(zip(channels, convs_per_stage, strict=True)):
             if i and pool != "strided" and not pool_before_norm:
-                layers.append(pool_layer(pool))
-            inner = pool_layer(pool) if pool_before_norm and i < len(channels) - 1 else None
+                layers.append(POOL[pool](2))
+            inner = POOL[pool](2) if pool_before_norm and i < len(channels) - 1 else None
             layers.append(Stage(cin, cout, convs, spec, 2 if i and pool == "strided" else 1, inner))
             cin = cout
         if attention in ("spatial", "both"):

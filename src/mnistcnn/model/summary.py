@@ -1,11 +1,12 @@
 """A model seen from outside: `model show`'s layer table, sizes, batch sizing, BatchNorm folding.
 
-The table and the sizes come from one blank image run through forward hooks (`_probe`).
+The table and the sizes come from one image run through forward hooks (`probe`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,12 +25,16 @@ Module = TypeVar("Module", bound=nn.Module)
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]]) -> None:
-    """Run one blank image through `model` in eval mode with forward `hooks`, then restore it."""
+def probe(
+    model: nn.Module, hooks: dict[nn.Module, Callable[..., None]], images: Any = None
+) -> None:
+    """Run `images` (default: one blank image) through `model` in eval mode with forward `hooks`."""
     was_training, device = model.training, next(model.parameters()).device
+    if images is None:
+        images = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device)
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     try:
-        model.eval()(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device))
+        model.eval()(images)
     finally:
         for handle in handles:
             handle.remove()
@@ -37,15 +42,10 @@ def _probe(model: nn.Module, hooks: dict[nn.Module, Callable[..., None]]) -> Non
 
 
 def largest_map(model: nn.Module) -> int:
-    """Elements of the largest tensor a module of `model` outputs for one image."""
-    sizes = [IMAGE_SIZE * IMAGE_SIZE]
-
-    def record(module: nn.Module, inputs: Any, output: Any) -> None:
-        if torch.is_tensor(output):
-            sizes.append(output[0].numel())
-
-    _probe(model, dict.fromkeys(model.modules(), record))
-    return max(sizes)
+    """Elements of the largest tensor a layer of `model` outputs for one image."""
+    return max(
+        IMAGE_SIZE * IMAGE_SIZE, *(math.prod(row["shape"][1:]) for row in layer_table(model))
+    )
 
 
 def inference_batch(model: nn.Module, device: torch.device, views: int = 1) -> int:
@@ -61,9 +61,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
+def _arithmetic(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> str:
     """The output-size arithmetic of a conv or pooling layer, e.g. `(14+2*1-3)//2+1 = 7`."""
-    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d) or side_in == side_out == 1:
+    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+        return ""
+    side_in, side_out = inputs[0].shape[-1], output.shape[-1]
+    if side_in == side_out == 1:
         return ""
     k, s, p = (
         int(v[0] if isinstance(v, tuple) else v)
@@ -73,22 +76,20 @@ def _side_formula(module: nn.Module, side_in: int, side_out: int) -> str:
     return f"({side_in}+2*{p}-{k})//{s}+1 = {side_out}"
 
 
-def layer_table(model: DigitNet) -> list[dict[str, Any]]:
+def layer_table(model: nn.Module) -> list[dict[str, Any]]:
     """A row per layer but containers: name, type, output shape, side arithmetic, own params."""
     rows: dict[nn.Module, dict[str, Any]] = {}
 
     def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
         shape = ("N", *output.shape[1:]) if torch.is_tensor(output) else ()
-        side_in = inputs[0].shape[-1] if inputs and inputs[0].dim() == 4 else 0
-        formula = _side_formula(module, side_in, output.shape[-1]) if side_in else ""
-        rows[module].update(shape=shape, arithmetic=formula)
+        rows[module].update(shape=shape, arithmetic=_arithmetic(module, inputs, output))
 
     for name, module in model.named_modules():
         if name and type(module) not in (nn.Sequential, nn.ModuleList, ConvBlock, nn.Identity):
             params = sum(p.numel() for p in module.parameters(recurse=False))  # sums to the total
             row = {"name": name, "type": type(module).__name__, "shape": (), "params": params}
             rows[module] = {**row, "arithmetic": ""}
-    _probe(model, dict.fromkeys(rows, record))
+    probe(model, dict.fromkeys(rows, record))
     return list(rows.values())
 
 
@@ -124,18 +125,14 @@ def fuse(model: Module) -> Module:
     (or two apart around a pool that commutes with the norm); the BatchNorm becomes Identity.
     """
     fused = copy.deepcopy(model).eval()
-    for seq in fused.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
+    for seq in (m for m in fused.modules() if isinstance(m, nn.Sequential)):
         for i in range(len(seq) - 1):
             j = i + 2 if i + 2 < len(seq) and _commutes(seq[i + 1], seq[i + 2]) else i + 1
             layer, norm = seq[i], seq[j]
-            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                folder: Callable[[Any, Any], nn.Module] = fuse_conv_bn_eval
-            elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
-                folder = fuse_linear_bn_eval
-            else:
+            pair = type(layer), type(norm)
+            if pair not in ((nn.Conv2d, nn.BatchNorm2d), (nn.Linear, nn.BatchNorm1d)):
                 continue
+            folder = fuse_conv_bn_eval if pair[0] is nn.Conv2d else fuse_linear_bn_eval
             # Folding in float64 keeps the new weights' rounding well below the 1e-5 the fused
             # model's logits may differ by; the layer then runs in its own dtype again.
             dtype = layer.weight.dtype

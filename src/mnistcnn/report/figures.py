@@ -60,9 +60,8 @@ def save(fig: Figure, path: str | Path) -> Path:
 
 def to_rgb(fig: Figure) -> np.ndarray:
     """The figure rendered as an (H, W, 3) uint8 array (for TensorBoard's add_image)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _column(rows: Rows, key: str) -> np.ndarray:
@@ -110,7 +109,6 @@ def learning_rate(rows: Rows, steps: Rows = ()) -> Figure:
 
 def confusion(matrix: np.ndarray) -> Figure:
     """Counts per (true, predicted) pair on a log colour scale, so single mistakes show."""
-    matrix = np.asarray(matrix)
     fig = _figure("confusion")
     ax = fig.subplots()
     n, top = len(matrix), max(matrix.max(), 1)

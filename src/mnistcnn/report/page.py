@@ -17,7 +17,7 @@ from mnistcnn.config import build as config_mod
 from mnistcnn.errors import MnistCnnError
 from mnistcnn.files import atomic_write_text
 from mnistcnn.model.nets import DigitNet
-from mnistcnn.model.summary import count_parameters
+from mnistcnn.model.summary import count_parameters, probe
 from mnistcnn.report import figures
 from mnistcnn.report.runs import find_run, percent, read_rows, train_seconds
 
@@ -39,15 +39,9 @@ def _activations(model: nn.Module, images: torch.Tensor) -> list[tuple[str, np.n
 
     def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if output.dim() == 4:
-            maps.append((f"conv {len(maps) + 1}", output[0].detach().float().cpu().numpy()))
+            maps.append((f"conv {len(maps) + 1}", output[0].float().cpu().numpy()))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        with torch.inference_mode():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, {m: hook for m in model.modules() if isinstance(m, nn.ReLU)}, images)
     return maps
 
 
