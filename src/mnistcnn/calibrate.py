@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from mnistcnn.metrics import accuracy
 from mnistcnn.predict.classify import images_view_logits, stored_temperatures
 
 if TYPE_CHECKING:  # data.py imports torchvision: only for the annotation
@@ -94,10 +95,9 @@ def fit_on_validation(
 
     sidecar = Path(model_path).with_suffix(".yaml")
     try:
-        loaded = yaml.safe_load(sidecar.read_text())
-    except (yaml.YAMLError, OSError):
-        loaded = None
-    data = loaded.get("data") if isinstance(loaded, dict) else None
+        data = yaml.safe_load(sidecar.read_text())["data"]
+    except (yaml.YAMLError, OSError, TypeError, KeyError):  # no file, not a mapping, no `data`
+        data = None
     data = data if isinstance(data, dict) else {}
     split = DataConfig(**{k: int(data[k]) for k in ("val_size", "split_seed") if k in data})
     train = load_mnist(data_dir, train=True, download=download, cache=default_cache_dir())
@@ -143,8 +143,8 @@ def evaluate_calibration(
         probs = F.softmax(views.double().mean(0) / temps["tta_temperature"], dim=-1)
         report["tta"] = {
             "views": len(views),
-            "accuracy": (probs.argmax(1) == labels).double().mean().item(),
-            "accuracy_without": (logits.argmax(1) == labels).double().mean().item(),
+            "accuracy": accuracy(probs, labels),
+            "accuracy_without": accuracy(logits, labels),
             "ece_calibrated": expected_calibration_error(probs, labels),
         }
     return report

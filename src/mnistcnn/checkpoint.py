@@ -17,8 +17,7 @@ from mnistcnn.model.nets import DigitNet, model_from_state
 
 def save_model(model: DigitNet, path: str | Path) -> None:
     """Atomically write the model's state_dict (with its description) to `path`."""
-    state = model.state_dict()
-    cpu = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+    cpu = {k: v.cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(cpu, f))
 
 
@@ -66,11 +65,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> DigitNet:
     """Rebuild the model a `.pth` describes and load its weights, in eval mode."""
+    state = load_state(path)
     try:
-        model = model_from_state(load_state(path))
+        model = model_from_state(state)
     except CheckpointError as exc:
-        if str(path) in str(exc):
-            raise
         raise CheckpointError(f"{exc} ({path})") from None
     return model.to(device).eval()
 

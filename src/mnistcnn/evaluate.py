@@ -17,7 +17,7 @@ from mnistcnn.calibrate import (
 )
 from mnistcnn.checkpoint import load_model
 from mnistcnn.data import default_cache_dir, load_mnist
-from mnistcnn.metrics import classification_report
+from mnistcnn.metrics import accuracy, classification_report
 from mnistcnn.model.summary import fuse
 from mnistcnn.predict.classify import (
     Ensemble,
@@ -71,11 +71,7 @@ def evaluate_models(
     report = classification_report(log_of(mean), labels)
     report["ensemble"] = {
         "members": [
-            {
-                "model": str(path),
-                "accuracy": (x.argmax(1).cpu() == labels).double().mean().item(),
-                "temperature": t,
-            }
+            {"model": str(path), "accuracy": accuracy(x, labels), "temperature": t}
             for path, x, t in zip(paths, logits, temperatures, strict=True)
         ],
         "fitted_now": fitted,
@@ -88,7 +84,7 @@ def evaluate_models(
         tta = probabilities(views, ensemble.meta, use_tta=True)
         report["ensemble"]["tta"] = {
             "views": len(views),
-            "accuracy": (tta.argmax(1) == labels).double().mean().item(),
+            "accuracy": accuracy(tta, labels),
             "ece": expected_calibration_error(tta, labels),
         }
     return report

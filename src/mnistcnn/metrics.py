@@ -15,6 +15,11 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
 
 
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of rows of `scores` (logits or probabilities) whose largest is at the label."""
+    return (scores.argmax(1).cpu() == labels.cpu()).double().mean().item()
+
+
 def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Loss, accuracy, per-class precision/recall/F1/support and the confusion matrix."""
     logits, labels = logits.float().cpu(), labels.cpu()
@@ -24,16 +29,15 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     precision = tp / cm.sum(0).clamp(min=1)
     recall = tp / cm.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    columns = zip(precision.tolist(), recall.tolist(), f1.tolist(), cm.sum(1).tolist(), strict=True)
     per_class = [
-        {"digit": d, "precision": p, "recall": r, "f1": f, "support": int(n)}
-        for d, (p, r, f, n) in enumerate(
-            zip(precision.tolist(), recall.tolist(), f1.tolist(), cm.sum(1), strict=True)
-        )
+        {"digit": d, "precision": p, "recall": r, "f1": f, "support": n}
+        for d, (p, r, f, n) in enumerate(columns)
     ]
     return {
         "images": len(labels),
         "loss": torch.nn.functional.cross_entropy(logits, labels).item(),
-        "accuracy": (preds == labels).double().mean().item(),
+        "accuracy": accuracy(logits, labels),
         "per_class": per_class,
         "confusion": cm.tolist(),
     }
@@ -49,17 +53,14 @@ def format_metrics(report: dict[str, Any]) -> str:
     if report.get("stored_accuracy") is not None:
         stored = 100 * report["stored_accuracy"]
         lines.append(f"(the model file says {stored:.2f} %, measured when it was saved)")
-    lines += [
-        "",
-        "digit  precision  recall     f1  support",
-    ]
+    lines += ["", "digit  precision  recall     f1  support"]
     lines += [
         f"{c['digit']:>5}  {c['precision']:>9.4f}  {c['recall']:>6.4f}  {c['f1']:.4f}"
         f"  {c['support']:>7}"
         for c in report["per_class"]
     ]
-    lines += ["", "confusion (rows: true, columns: predicted)"]
-    lines.append("     " + "".join(f"{d:>6}" for d in range(NUM_CLASSES)))
+    header = "     " + "".join(f"{d:>6}" for d in range(NUM_CLASSES))
+    lines += ["", "confusion (rows: true, columns: predicted)", header]
     lines += [
         f"{d:>5}" + "".join(f"{n:>6}" for n in row) for d, row in enumerate(report["confusion"])
     ]

@@ -50,8 +50,12 @@ def _layers(keys: list[str]) -> list[str]:
     return list(dict.fromkeys(key.rpartition(".")[0] for key in keys))
 
 
-def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
-    """Why `state`'s tensors do not load into `model`: a phrase per kind of mismatch (or none)."""
+def init_from(model: DigitNet, path: str | Path) -> str:
+    """Copy the tensors (weights, BatchNorm statistics) of the model file at `path` into `model`;
+    a line for the log. Options without weights (pool, activation) may differ."""
+    state = load_state(path)
+    if "_extra_state" not in state:
+        raise CheckpointError(f"--init-from needs a model .pth saved by mnistcnn: {path}")
     own = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
     theirs = {k: v for k, v in state.items() if torch.is_tensor(v)}
     shapes: dict[str, str] = {}
@@ -66,28 +70,18 @@ def mismatches(model: DigitNet, state: dict[str, object]) -> list[str]:
         ("layers missing in the file", _layers([k for k in own if k not in theirs])),
         ("layers not in this model", _layers([k for k in theirs if k not in own])),
     ]
-    return [
+    problems = [
         f"{kind}: {', '.join(items[:_SHOWN])}"
         + (f", and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
         for kind, items in found
         if items
     ]
-
-
-def init_from(model: DigitNet, path: str | Path) -> str:
-    """Copy the tensors (weights, BatchNorm statistics) of the model file at `path` into `model`;
-    a line for the log. Options without weights (pool, activation) may differ."""
-    state = load_state(path)
-    if "_extra_state" not in state:
-        raise CheckpointError(f"--init-from needs a model .pth saved by mnistcnn: {path}")
-    problems = mismatches(model, state)
     if problems:
         raise CheckpointError(
             f"--init-from {path}: the weights do not fit this model; " + "; ".join(problems)
         )
-    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
-    model.load_state_dict(tensors, strict=False)  # all but `_extra_state`: the model's own
-    return f"initialized all {len(tensors)} weight tensors from {path}"
+    model.load_state_dict(theirs, strict=False)  # all but `_extra_state`: the model's own
+    return f"initialized all {len(theirs)} weight tensors from {path}"
 
 
 def freeze(model: DigitNet, part: str) -> int:

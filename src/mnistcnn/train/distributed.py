@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from mnistcnn.errors import ConfigError, TrainingError
 
@@ -79,7 +78,8 @@ def local_device(device: torch.device, world: World) -> torch.device:
 
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device, timeout: float) -> Iterator[None]:
-    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block; no-op for one process."""
+    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block, in which a collective's
+    failure (another process died, hung or was stopped) becomes one line; no-op for one process."""
     # `timeout` bounds every collective: a hung or dead peer stops this one, never waits forever.
     if not world.distributed:
         yield
@@ -95,28 +95,22 @@ def process_group(world: World, device: torch.device, timeout: float) -> Iterato
     group = {"rank": world.rank, "world_size": world.size, "timeout": wait}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, **group)
     try:
-        yield
+        try:
+            yield
+        except (dist.DistError, RuntimeError) as exc:
+            text = str(exc)
+            if not ("gloo" in text or isinstance(exc, dist.DistError)):
+                raise
+            reason = text.split("] ", 1)[-1].split(". ")[0]  # gloo: "[file:line] Read error ...."
+            raise TrainingError(
+                f"process {world.rank} lost contact with the other training processes ({reason}); "
+                "another one probably failed: see its message"
+            ) from None
         # Leave together: a process that tears its connections down while another still works
         # (rank 0 tests and saves after training) can abort on a connection closed under it.
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def contact(world: World) -> Iterator[None]:
-    """Turn a collective's failure (another process died, hung or was stopped) into one line."""
-    try:
-        yield
-    except (dist.DistError, RuntimeError) as exc:
-        text = str(exc)
-        if not world.distributed or not ("gloo" in text or isinstance(exc, dist.DistError)):
-            raise
-        reason = text.split("] ", 1)[-1].split(". ")[0]  # gloo: "[file:line] Read error ...."
-        raise TrainingError(
-            f"process {world.rank} lost contact with the other training processes ({reason}); "
-            "another one probably failed: see its message"
-        ) from None
 
 
 @contextlib.contextmanager
@@ -131,14 +125,6 @@ def info_from_main(world: World) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
-    """The module to train: DDP around `model` when there are several processes."""
-    if not world.distributed:
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
 def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -> dict[str, float]:
     """The `weight`-weighted mean of each value over all processes."""
     if not world.distributed:
@@ -146,19 +132,6 @@ def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -
     packed = torch.tensor([*(v * weight for v in values.values()), weight], dtype=torch.float64)
     dist.all_reduce(packed)
     return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(values)}
-
-
-def sync_buffers(model: nn.Module, world: World) -> None:
-    """Give every process rank 0's buffers (BatchNorm statistics), the ones rank 0 saves."""
-    if world.distributed:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, 0)
-
-
-def barrier(world: World) -> None:
-    """Wait until every process gets here."""
-    if world.distributed:
-        dist.barrier()
 
 
 def gather(obj: Any, world: World) -> list[Any]:

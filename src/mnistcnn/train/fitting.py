@@ -4,6 +4,7 @@ Under torchrun each process trains a DDP replica on its shard; rank 0 alone logs
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import sys
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mnistcnn.calibrate import calibrate_model
@@ -71,13 +72,6 @@ def set_rng_state(state: Row, generators: dict[str, torch.Generator]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def clone_state(model: nn.Module) -> Row:
-    """A copy of the model's state_dict that later training steps leave alone."""
-    return {
-        k: v.detach().clone() if torch.is_tensor(v) else v for k, v in model.state_dict().items()
-    }
-
-
 def fit(
     cfg: Config,
     *,
@@ -94,7 +88,6 @@ def fit(
     device = distributed.local_device(build.resolve_device(cfg.train.device), world)
     with (
         distributed.process_group(world, device, cfg.train.dist_timeout),
-        distributed.contact(world),
         distributed.info_from_main(world),
     ):
         check_output(cfg, overwrite or resume is not None)
@@ -107,24 +100,6 @@ def fit(
         run = Run(cfg, world, device, splits, resume)
         run.train(progress and world.main, on_epoch)
         return run.finish(started) if world.main else {}
-
-
-def _batches(
-    cfg: Config, world: World, device: torch.device, train: Split
-) -> tuple[dict[str, torch.Generator], DataLoader]:
-    """The run's generators (data order, augmentation) and its training batches."""
-    # Each process draws its own augmentations and dropout masks; rank 0 those of one process.
-    seed = cfg.train.seed
-    generators = {
-        "order": torch.Generator().manual_seed(seed),
-        "augment": torch.Generator(device).manual_seed(seed + 1 + (world.rank << 32)),
-    }
-    if world.rank:
-        torch.manual_seed(seed + (world.rank << 32))
-    if not world.distributed:
-        return generators, train_loader(train, cfg.data.batch_size, generators["order"])
-    batch = distributed.per_rank_batch(cfg.data.batch_size, world)
-    return generators, shard_loader(train, batch, seed, world.rank, world.size)
 
 
 class Run:
@@ -142,16 +117,29 @@ class Run:
         model.to(device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model, self.eval_batch = (
-            model,
-            cfg.data.eval_batch_size or inference_batch(model, device),
-        )
+        self.model = model
+        self.eval_batch = cfg.data.eval_batch_size or inference_batch(model, device)
         # The model through torch.compile (if asked) validates; in DDP (several processes) trains.
         self.compiled = torch.compile(model) if cfg.train.compile else model
-        self.runner = distributed.wrap(self.compiled, world, device)
+        self.runner = self.compiled
+        if world.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.runner = nn.parallel.DistributedDataParallel(self.compiled, device_ids=ids)
         self.loss_fn = build.build_loss(cfg)
         self.optimizer = build.build_optimizer(cfg, model)
-        self.generators, self.loader = _batches(cfg, world, device, splits.train)
+        # Each process draws its own augmentations and dropout masks; rank 0 those of one process.
+        seed = cfg.train.seed
+        self.generators = {
+            "order": torch.Generator().manual_seed(seed),
+            "augment": torch.Generator(device).manual_seed(seed + 1 + (world.rank << 32)),
+        }
+        if world.rank:
+            torch.manual_seed(seed + (world.rank << 32))
+        if world.distributed:
+            batch = distributed.per_rank_batch(cfg.data.batch_size, world)
+            self.loader = shard_loader(splits.train, batch, seed, world.rank, world.size)
+        else:
+            self.loader = train_loader(splits.train, cfg.data.batch_size, self.generators["order"])
         self.scheduler = build.build_scheduler(cfg, self.optimizer, len(self.loader))
         self.history: list[Row] = []
         self.best: Row = {"val_accuracy": -1.0}
@@ -165,8 +153,7 @@ class Run:
             f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images"
         )
         run_step = len(self.loader) * (self.start - 1)  # the global step training resumes after
-        resumed = None if resume is None else {**resume, "run_step": run_step}
-        self.runlog = RunLog.open(cfg, resume=resumed) if world.main else RunLog(None, None, [])
+        self.runlog = RunLog.open(cfg, resume, run_step) if world.main else RunLog(None, None, [])
         self.runlog.graph(model, to_float(splits.test.images[:1]))
 
     def _resume(self, resume: Row) -> None:
@@ -197,7 +184,7 @@ class Run:
                 if scores["accuracy"] > self.best["val_accuracy"]:
                     acc, loss = scores["accuracy"], scores["loss"]
                     self.model.meta = {"epoch": epoch, "val_accuracy": acc, "val_loss": loss}
-                    self.best = {**self.model.meta, "state": clone_state(self.model)}
+                    self.best = {**self.model.meta, "state": copy.deepcopy(self.model.state_dict())}
                 self._save(epoch)
                 log.info(
                     f"epoch {epoch:>3}/{total}  train loss {train['loss']:.4f} "
@@ -249,8 +236,11 @@ class Run:
                 **speed,
             )
         train = distributed.mean_over_ranks(train, world)
-        # Validate rank 0's weights (the ones saved), each process a slice of the split.
-        distributed.sync_buffers(self.model, world)
+        # Validate rank 0's weights (the ones saved: its BatchNorm statistics to all), each
+        # process a slice of the split.
+        if world.distributed:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
         val = self.splits.val
         part = Split(val.images[world.rank :: world.size], val.labels[world.rank :: world.size])
         scores = loops.evaluate(self.compiled, part, self.eval_batch, self.device, **speed)
@@ -268,15 +258,14 @@ class Run:
         rngs = distributed.gather(rng_state(self.generators), self.world)
         improved = self.best["epoch"] == epoch
         if self.world.main:
-            scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
             folder = self.runlog.folder
             checkpoint = {
                 "format": 1,
                 "config": config_mod.to_dict(self.cfg),
                 "epoch": epoch,
-                "model": clone_state(self.model),
+                "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": scheduler,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "rng": rngs[0],  # one RNG state per training process follows as "rng_ranks"
                 "best": self.best,
                 "history": self.history,
@@ -288,7 +277,8 @@ class Run:
             if improved:
                 save_model(self.model, self.paths["model"])
             write_csv(self.paths["metrics"], self.history)
-        distributed.barrier(self.world)  # a process that dies later leaves this epoch saved
+        if self.world.distributed:  # a process that dies later leaves this epoch saved
+            dist.barrier()
         self.runlog.epoch(self.history[-1], self.history, self.paths["model"] if improved else None)
 
     def finish(self, started: float) -> Row:
@@ -299,7 +289,6 @@ class Run:
         # BatchNorm folded once, for the calibration and the test.
         layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         inference = fuse(model).to(memory_format=layout)
-        # Temperatures for honest probabilities (plain and TTA), val ECE before/after.
         calibration = calibrate_model(inference, val.images, val.labels, self.eval_batch)
         train_seconds = time.perf_counter() - started  # as the benchmarks compare: all but the test
         # Tested in float32, as `eval` and `predict` run it: the score is the saved model's.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mnistcnn import files
@@ -61,15 +59,15 @@ class RunLog:
     _norms: list[float] = field(default_factory=list)
 
     @classmethod
-    def open(cls, cfg: Config, *, resume: dict[str, Any] | None = None) -> RunLog:
-        """Create (or, resuming, reopen) the run folder and write the resolved config."""
+    def open(cls, cfg: Config, resume: dict[str, Any] | None, step: int) -> RunLog:
+        """Create (or, resuming after global `step`, reopen) the run folder; write the config."""
         if not cfg.train.run_dir:
             return cls(None, None, [])
         steps: list[dict[str, Any]] = []
         purge = None
         if resume is not None and _belongs(resume.get("run_dir"), cfg):
             folder = Path(resume["run_dir"])
-            purge = resume["run_step"] + 1
+            purge = step + 1
             saved = folder / files.RUN_STEPS
             if saved.is_file():
                 steps = [r for r in files.read_csv(saved) if int(r["step"]) < purge]
@@ -83,11 +81,10 @@ class RunLog:
             writer = None
         else:
             writer = SummaryWriter(log_dir=str(folder), purge_step=purge)
-        see = f"tensorboard --logdir {folder.parent}" if writer else ENABLE_HINT
-        log.info(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
-        if writer is not None:
             text = "\n".join(f"    {line}" for line in config_mod.dump(cfg).splitlines())
             writer.add_text("config", text)
+        see = f"tensorboard --logdir {folder.parent}" if writer else ENABLE_HINT
+        log.info(f"run folder {folder} ({see}; pictures: mnistcnn report {folder})")
         return cls(folder, writer, steps)
 
     def graph(self, model: nn.Module, example: Tensor) -> None:
@@ -139,10 +136,9 @@ class RunLog:
 
     def copy_model(self, model_file: Path) -> None:
         """Copy the saved model into the run folder (atomically)."""
-        if self.folder is not None and model_file.is_file():
-            with open(model_file, "rb") as src:
-                target = self.folder / files.RUN_MODEL
-                files.atomic_write(target, lambda f: shutil.copyfileobj(src, f))
+        if self.folder is not None:
+            data = model_file.read_bytes()
+            files.atomic_write(self.folder / files.RUN_MODEL, lambda f: f.write(data))
 
     def finish(self, images: Tensor, labels: Tensor, logits: Tensor, meta: dict) -> None:
         """Add the test set's confusion matrix and most confident mistakes to TensorBoard."""
@@ -155,15 +151,14 @@ class RunLog:
         except MnistCnnError as exc:  # tensorboard without matplotlib: scalars and graph only
             log.info(f"no confusion-matrix or mistakes images in TensorBoard: {exc}")
             return
-        matrix = confusion_matrix(torch.softmax(logits.float().cpu(), 1).argmax(1), labels)
+        matrix = confusion_matrix(logits.argmax(1), labels)
         for tag, fig in (
             ("test/confusion_matrix", figures.confusion(matrix.numpy())),
             ("test/misclassified", figures.mistakes(to_float(images), labels, logits)),
         ):
             self.writer.add_image(tag, figures.to_rgb(fig), dataformats="HWC")
         for key in ("test_accuracy", "test_loss", "val_accuracy"):
-            if key in meta:
-                self.writer.add_scalar(f"final/{key}", meta[key], 0)
+            self.writer.add_scalar(f"final/{key}", meta[key], 0)
 
     def close(self) -> None:
         if self.writer is not None:
