@@ -6,17 +6,16 @@ drawn around it are left out. It is redrawn at MNIST's stroke width, in a 20x20 
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mnistcnn.errors import ImageError
 from mnistcnn.photo import ink
-from mnistcnn.photo.decode import open_image
 
 # MNIST's digit box inside its 28x28 frame.
 BOX = 20
@@ -45,9 +44,9 @@ class Steps:
     photo: np.ndarray  # (H, W, 3) uint8: the working image
     ink: np.ndarray  # (H, W) the flattened ink map, 1 at the strongest ink
     mask: np.ndarray  # (H, W) bool: what was called ink (lines and specks removed)
-    boxes: list[ink.Box] = field(default_factory=list)  # each digit's box
-    crops: list[np.ndarray] = field(default_factory=list)  # each digit, stroke-normalized
-    images: list[np.ndarray] = field(default_factory=list)  # each digit's 28x28
+    boxes: list[ink.Box]  # each digit's box
+    crops: list[np.ndarray]  # each digit, stroke-normalized
+    images: list[np.ndarray]  # each digit's 28x28
 
 
 @dataclass(frozen=True)
@@ -65,19 +64,18 @@ def _unframed(found: ink.Found) -> list[ink.Part]:
     """The pieces less frames: pieces whose holes hold other ink of FRAMED_MASS of their own."""
     boxes = np.array([p.box for p in found.parts])
     masses = np.array([p.mass for p in found.parts])
+    labels = np.array([p.label for p in found.parts])
     # within[i, j]: piece j's box lies inside piece i's, the cheap test before the holes'.
     within = (boxes[None, :, :2] >= boxes[:, None, :2]).all(2)
     within &= (boxes[None, :, 2:] <= boxes[:, None, 2:]).all(2)
     np.fill_diagonal(within, False)
     frames = set()
     for i in np.flatnonzero(within @ masses >= FRAMED_MASS * masses):
-        part = found.parts[i]
-        left, top, right, bottom = part.box
-        labels = found.labels[top:bottom, left:right]
-        ring = labels == part.label
-        inside = np.isin([p.label for p in found.parts], labels[ndimage.binary_fill_holes(ring)])
-        if masses[inside & within[i]].sum() >= FRAMED_MASS * part.mass:
-            frames.add(part.label)
+        left, top, right, bottom = boxes[i]
+        region = found.labels[top:bottom, left:right]
+        inside = np.isin(labels, region[ndimage.binary_fill_holes(region == labels[i])])
+        if masses[inside & within[i]].sum() >= FRAMED_MASS * masses[i]:
+            frames.add(labels[i])
     return [p for p in found.parts if p.label not in frames]
 
 
@@ -118,11 +116,9 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
 
 def _fill_specks(mask: np.ndarray, size: int) -> np.ndarray:
     """Fill holes smaller than `size` pixels (chalk grain, a pen's skip), not a digit's loops."""
-    holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-    if count == 0:
-        return mask
-    areas = ndimage.sum_labels(np.ones_like(mask), holes, np.arange(1, count + 1))
-    small = np.concatenate([[False], areas < size])
+    holes = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)[0]
+    small = np.bincount(holes.ravel()) < size
+    small[0] = False  # not a hole
     return mask | small[holes]
 
 
@@ -177,12 +173,12 @@ def _to_28(shape: np.ndarray) -> np.ndarray:
 
 def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     """Each mask's ink as an MNIST-style digit."""
-    made = []
     frame = (found.labels.shape[1], found.labels.shape[0])
-    for keep in keeps:
-        crop = _redraw(found.contrast, keep, found.peak)
-        made.append(Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame))
-    return made
+    crops = [_redraw(found.contrast, keep, found.peak) for keep in keeps]
+    return [
+        Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame)
+        for keep, crop in zip(keeps, crops, strict=True)
+    ]
 
 
 def trace(found: ink.Found, made: list[Preprocessed]) -> Steps:
@@ -192,20 +188,19 @@ def trace(found: ink.Found, made: list[Preprocessed]) -> Steps:
     return Steps(found.rgb, contrast, mask, [d.box for d in made], crops, [d.image for d in made])
 
 
-def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
-    """An opened image -> its MNIST-style 28x28 version (one digit)."""
-    found = ink.analyse(img)
+def _choose(found: ink.Found, steps: bool) -> Preprocessed:
     (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))])
     return replace(digit, steps=trace(found, [digit])) if steps else digit
 
 
+def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
+    """An opened image -> its MNIST-style 28x28 version (one digit)."""
+    return _choose(ink.analyse(img), steps)
+
+
 def preprocess(path: str | Path, *, steps: bool = False) -> Preprocessed:
     """Read an image file and return its MNIST-style 28x28 version."""
-    img = open_image(path)
-    try:
-        return preprocess_image(img, steps=steps)
-    except ImageError as exc:
-        raise ImageError(f"{exc}: {path}") from None
+    return _choose(ink.analyse_file(path), steps)
 
 
 def _grey(values: np.ndarray) -> Image.Image:
@@ -233,10 +228,8 @@ def steps_panel(steps: Steps, height: int = 192) -> Image.Image:
     shown += [(_grey(c), "" if i else "crop") for i, c in enumerate(steps.crops)]
     shown += [(_grey(m), "" if i else "28x28") for i, m in enumerate(steps.images)]
     tiles = [_tile(image, title, height) for image, title in shown]
-    gap = 6
-    panel = Image.new("RGB", (sum(t.width + gap for t in tiles) - gap, height + 16))
-    x = 0
-    for tile in tiles:
-        panel.paste(tile, (x, 0))
-        x += tile.width + gap
+    lefts = list(itertools.accumulate([t.width + 6 for t in tiles], initial=0))  # 6 px apart
+    panel = Image.new("RGB", (lefts[-1] - 6, height + 16))
+    for tile, left in zip(tiles, lefts, strict=False):
+        panel.paste(tile, (left, 0))
     return panel

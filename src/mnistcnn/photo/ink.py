@@ -5,15 +5,16 @@ Boxes are (left, top, right, bottom), right and bottom exclusive, in the working
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from mnistcnn.errors import ImageError
-from mnistcnn.photo.decode import to_working
+from mnistcnn.photo.decode import open_image, to_working
 from mnistcnn.photo.lines import remove_lines
 
 Box = tuple[int, int, int, int]
@@ -88,28 +89,26 @@ def dark_ink(luminance: np.ndarray) -> bool:
     height, width = half.shape
     blocks = _resize(half, (max(1, width // 8), max(1, height // 8)), Image.Resampling.BOX)
     deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
-    for size in (9, 17):
-        for level, sign in ((25, -1), (75, 1)):
-            local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
-            background = _resize(local, (width, height), Image.Resampling.BILINEAR)
-            # Beyond 0.05 only: sensor noise deviates to both sides alike.
-            away = sign * (half - background) - 0.05
-            deviation[sign] += float(np.clip(away, 0, None).sum())
+    for size, (level, sign) in itertools.product((9, 17), ((25, -1), (75, 1))):
+        local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
+        background = _resize(local, (width, height), Image.Resampling.BILINEAR)
+        # Beyond 0.05 only: sensor noise deviates to both sides alike.
+        away = sign * (half - background) - 0.05
+        deviation[sign] += float(np.clip(away, 0, None).sum())
     return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
 
 
-def _pool(channel: np.ndarray, combine: Callable[..., np.ndarray]) -> np.ndarray:
+def _pool(channel: np.ndarray, combine: np.ufunc) -> np.ndarray:
     """Half resolution: each 2x2 block combined by `combine` (np.maximum, np.minimum, np.add)."""
     height, width = channel.shape
     even = np.pad(channel, ((0, height % 2), (0, width % 2)), mode="edge")
-    top = combine(even[0::2, 0::2], even[0::2, 1::2])
-    return combine(top, combine(even[1::2, 0::2], even[1::2, 1::2]))
+    pairs = combine.reduce(even.reshape(even.shape[0] // 2, 2, -1, 2), axis=3)  # along rows
+    return combine.reduce(pairs, axis=1)
 
 
 def flatten(rgb: np.ndarray) -> np.ndarray:
     """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke."""
     height, width = rgb.shape[:2]
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luminance = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255
     dark = dark_ink(luminance)
     # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
@@ -119,12 +118,12 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
         used = [
             values * np.float32(paper.max() / (255 * level))
-            for values, level in zip((red, green, blue), paper, strict=True)
+            for values, level in zip(np.moveaxis(rgb, 2, 0), paper, strict=True)
             if level >= 0.25 * paper.max()
         ]
         channel = np.minimum.reduce(used)
     else:
-        channel = np.maximum(np.maximum(red, green), blue).astype(np.float32) / 255
+        channel = rgb.max(axis=2).astype(np.float32) / 255
     # Sensor noise and JPEG blocks are finer than any stroke at this size.
     smooth = ndimage.gaussian_filter(channel, 1.0)
     # The paper's brightness is a grey closing (dark ink) or opening (chalk) of the smooth
@@ -173,8 +172,7 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     """The pieces of ink (8-connected) that hold ink above INK_LEVEL; ImageError if none."""
     contrast, mask, peak = _ink_mask(ink)
     labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
-    index = np.arange(1, count + 1)
-    masses = ndimage.sum_labels(contrast, labels, index)
+    masses = ndimage.sum_labels(contrast, labels, np.arange(1, count + 1))
     # Each piece's strongest ink, without sorting the frame (as ndimage.maximum does).
     strengths = np.zeros(count + 1, contrast.dtype)
     on = labels > 0
@@ -183,12 +181,11 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     longest = max(labels.shape)
     contact = np.max([np.bincount(side, minlength=count + 1) for side in sides], 0) / longest
     parts = []
-    for label, (rows, cols) in zip(index, ndimage.find_objects(labels), strict=True):
-        box = (cols.start, rows.start, cols.stop, rows.stop)
-        strength = float(strengths[label])
-        if strength >= INK_LEVEL * peak:
-            mass = float(masses[label - 1])
-            parts.append(Part(int(label), box, mass, strength, float(contact[label])))
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
+        if float(strengths[label]) >= INK_LEVEL * peak:
+            box = (cols.start, rows.start, cols.stop, rows.stop)
+            values = float(masses[label - 1]), float(strengths[label]), float(contact[label])
+            parts.append(Part(label, box, *values))
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
     return Found(rgb, contrast, peak, labels, parts)
@@ -198,6 +195,15 @@ def analyse(img: Image.Image) -> Found:
     """An opened image's ink at working size: alpha where transparent, else the flattened light."""
     rgb, alpha = to_working(img)
     return find(rgb, alpha if alpha is not None else flatten(rgb))
+
+
+def analyse_file(path: str | Path) -> Found:
+    """`analyse` of an image file, its path named in the errors."""
+    img = open_image(path)
+    try:
+        return analyse(img)
+    except ImageError as exc:
+        raise ImageError(f"{exc}: {path}") from None
 
 
 def keep_mask(found: Found, parts: list[Part]) -> np.ndarray:
