@@ -21,7 +21,7 @@ import torch
 
 from mnistcnn.cli import main
 from mnistcnn.data import Split, shard_loader, train_loader
-from mnistcnn.errors import ConfigError
+from mnistcnn.errors import ConfigError, TrainingError
 from mnistcnn.train import distributed
 
 SUBSET, BATCH, EPOCHS = 8000, 100, 2
@@ -90,19 +90,42 @@ def test_one_process_collectives_are_identities() -> None:
     world = distributed.World()
     values = {"loss": 0.5, "accuracy": 0.9}
     assert distributed.mean_over_ranks(values, world, weight=7) == values
-    assert distributed.gather({"a": 1}, world) == [{"a": 1}]
     with distributed.process_group(world, torch.device("cpu"), 1.0):
         assert not torch.distributed.is_initialized()
 
 
-def test_only_rank_zero_logs_info_lines(logged: list[str]) -> None:
+def _no_collectives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process group of one process standing for several: joining and leaving do nothing."""
+    for name in (
+        "TCPStore",
+        "PrefixStore",
+        "init_process_group",
+        "barrier",
+        "destroy_process_group",
+    ):
+        monkeypatch.setattr(torch.distributed, name, lambda *args, **kwargs: None)
+
+
+def test_only_rank_zero_logs_info_lines(logged: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_collectives(monkeypatch)
     log = logging.getLogger("mnistcnn.train.fitting")
     for rank in (0, 1):
-        with distributed.info_from_main(distributed.World(rank, 2)):
+        with distributed.process_group(distributed.World(rank, 2), torch.device("cpu"), 1.0):
             log.info(f"rank {rank}")
             log.warning(f"warning {rank}")
     log.info("after")
     assert logged == ["rank 0", "warning 0", "warning 1", "after"]
+
+
+def test_a_lost_peer_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_collectives(monkeypatch)
+    group = distributed.process_group(distributed.World(1, 2), torch.device("cpu"), 1.0)
+    lost = r"^process 1 lost contact .* \(Read error\); another"
+    with pytest.raises(TrainingError, match=lost), group:
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:598] Read error. Connection reset")
+    group = distributed.process_group(distributed.World(1, 2), torch.device("cpu"), 1.0)
+    with pytest.raises(RuntimeError, match="other trouble"), group:  # not a collective's
+        raise RuntimeError("other trouble")
 
 
 def test_shards_are_disjoint_and_make_contiguous_global_batches() -> None:

@@ -73,11 +73,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> DigitNet
     return model.to(device).eval()
 
 
-def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write a resumable training checkpoint (plain tensors and containers)."""
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint: the `.ckpt`, the `.pth` saved beside it, or their folder."""
     path = Path(path)

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,8 +77,9 @@ def local_device(device: torch.device, world: World) -> torch.device:
 
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device, timeout: float) -> Iterator[None]:
-    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block, in which a collective's
-    failure (another process died, hung or was stopped) becomes one line; no-op for one process."""
+    """Join the process group (NCCL on CUDA, Gloo on CPU) for the block, in which rank 0 alone logs
+    info lines and a collective's failure (another process died, hung or was stopped) becomes one
+    line; no-op for one process."""
     # `timeout` bounds every collective: a hung or dead peer stops this one, never waits forever.
     if not world.distributed:
         yield
@@ -94,6 +94,9 @@ def process_group(world: World, device: torch.device, timeout: float) -> Iterato
     store = dist.PrefixStore(f"mnistcnn/attempt{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     group = {"rank": world.rank, "world_size": world.size, "timeout": wait}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, **group)
+    logger = logging.getLogger("mnistcnn")
+    level = logger.level
+    logger.setLevel(level if world.main else logging.WARNING)  # the others would repeat them
     try:
         try:
             yield
@@ -106,23 +109,13 @@ def process_group(world: World, device: torch.device, timeout: float) -> Iterato
                 f"process {world.rank} lost contact with the other training processes ({reason}); "
                 "another one probably failed: see its message"
             ) from None
+        finally:
+            logger.setLevel(level)
         # Leave together: a process that tears its connections down while another still works
         # (rank 0 tests and saves after training) can abort on a connection closed under it.
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def info_from_main(world: World) -> Iterator[None]:
-    """Keep the package's info lines to rank 0 for the block: the others would repeat them."""
-    logger = logging.getLogger("mnistcnn")
-    level = logger.level
-    logger.setLevel(level if world.main else logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -> dict[str, float]:
@@ -132,15 +125,6 @@ def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -
     packed = torch.tensor([*(v * weight for v in values.values()), weight], dtype=torch.float64)
     dist.all_reduce(packed)
     return {k: (packed[i] / packed[-1]).item() for i, k in enumerate(values)}
-
-
-def gather(obj: Any, world: World) -> list[Any]:
-    """Every process's `obj` on rank 0 (others get []); `[obj]` for one process."""
-    if not world.distributed:
-        return [obj]
-    out: list[Any] | None = [None] * world.size if world.main else None
-    dist.gather_object(obj, out, dst=0)
-    return out or []
 
 
 def restarted() -> bool:

@@ -19,12 +19,12 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistcnn.calibrate import calibrate_model
-from mnistcnn.checkpoint import save_model, save_training_state
+from mnistcnn.checkpoint import save_model
 from mnistcnn.config import build as config_mod
 from mnistcnn.config.schema import Config
 from mnistcnn.data import Split, Splits, load_splits, shard_loader, to_float, train_loader
 from mnistcnn.errors import MnistCnnError
-from mnistcnn.files import atomic_write_text, write_csv
+from mnistcnn.files import atomic_write, atomic_write_text, write_csv
 from mnistcnn.model.nets import build_model
 from mnistcnn.model.summary import count_parameters, fuse, inference_batch
 from mnistcnn.train import build, distributed, loops
@@ -86,10 +86,7 @@ def fit(
     # `resume` (from load_training_state) ends with the weights of an uninterrupted run on CPU.
     world = distributed.from_env()
     device = distributed.local_device(build.resolve_device(cfg.train.device), world)
-    with (
-        distributed.process_group(world, device, cfg.train.dist_timeout),
-        distributed.info_from_main(world),
-    ):
+    with distributed.process_group(world, device, cfg.train.dist_timeout):
         check_output(cfg, overwrite or resume is not None)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -255,7 +252,11 @@ class Run:
 
     def _save(self, epoch: int) -> None:
         """Save the epoch: checkpoint (first: whoever finds the model finds it), model, metrics."""
-        rngs = distributed.gather(rng_state(self.generators), self.world)
+        rng = rng_state(self.generators)
+        rngs: list[Any] | None = [rng]
+        if self.world.distributed:  # every process's, on rank 0 (the others get None)
+            rngs = [None] * self.world.size if self.world.main else None
+            dist.gather_object(rng, rngs, dst=0)
         improved = self.best["epoch"] == epoch
         if self.world.main:
             folder = self.runlog.folder
@@ -273,7 +274,7 @@ class Run:
             }
             if len(rngs) > 1:
                 checkpoint["rng_ranks"] = rngs
-            save_training_state(self.paths["checkpoint"], checkpoint)
+            atomic_write(self.paths["checkpoint"], lambda f: torch.save(checkpoint, f))
             if improved:
                 save_model(self.model, self.paths["model"])
             write_csv(self.paths["metrics"], self.history)
