@@ -14,7 +14,6 @@ from torch import nn
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import build as config_mod
-from mnistcnn.errors import MnistCnnError
 from mnistcnn.files import atomic_write_text
 from mnistcnn.model.nets import DigitNet
 from mnistcnn.model.summary import count_parameters, probe
@@ -56,9 +55,7 @@ def _render(
     test = load_mnist(root, train=False, download=False, cache=default_cache_dir())
     images = to_float(test.images)
     logits = predict_logits(model, test, 0, torch.device("cpu"))
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise MnistCnnError("the model has no convolution layer to draw")
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))  # every model has one
     probs = torch.softmax(logits, 1)
     p = probs[0]
     caption = (
