@@ -20,7 +20,7 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
     if len(ys) > 40_000:  # a vote of a fixed sample is as good and bounded in time
         pick = np.random.default_rng(0).choice(len(ys), 40_000, replace=False)
         ys, xs = ys[pick], xs[pick]
-    weight = mask.sum() / len(ys)
+    weight = mask.sum() / len(ys)  # pixels per vote
     thick = max(3, round(0.015 * min(height, width)))
     out = mask.copy()
     erased: list[tuple[bool, float, bool]] = []  # vertical, position, stops short of both ends
@@ -29,12 +29,12 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
         span = height if vertical else width
         # Every half degree, then the best one to a tenth: off by a quarter of a degree, a
         # line's votes spread over 2-3 bins and a thin one falls under the threshold.
-        votes = {float(d): _vote(along, across, d, weight) for d in np.arange(-10, 10.5, 0.5)}
+        votes = {float(d): _vote(along, across, d) for d in np.arange(-10, 10.5, 0.5)}
         coarse = max(votes, key=lambda d: votes[d][0].max())
         fine = coarse + np.array([-4, -3, -2, -1, 1, 2, 3, 4]) / 10
-        votes.update({float(d): _vote(along, across, d, weight) for d in fine})
+        votes.update({float(d): _vote(along, across, d) for d in fine})
         degrees = max(votes, key=lambda d: votes[d][0].max())
-        counts, offset = votes[degrees]
+        counts, offset = votes[degrees][0] * weight, votes[degrees][1]
         t = math.radians(degrees)
         rho_all = _rho(along, across, t)
         for line in np.flatnonzero(counts >= 0.6 * span):
@@ -64,13 +64,11 @@ def _rho(along: np.ndarray, across: np.ndarray, t: float) -> np.ndarray:
     return across * math.cos(t) - along * math.sin(t)
 
 
-def _vote(
-    along: np.ndarray, across: np.ndarray, degrees: float, weight: float
-) -> tuple[np.ndarray, int]:
-    """Pixels per line position (rho, 1 px bins) at an angle, and the first bin's rho."""
+def _vote(along: np.ndarray, across: np.ndarray, degrees: float) -> tuple[np.ndarray, int]:
+    """Votes per line position (rho, 1 px bins) at an angle, and the first bin's rho."""
     rho = np.round(_rho(along, across, math.radians(degrees))).astype(np.int64)
     offset = int(rho.min())
-    return np.bincount(rho - offset) * weight, offset
+    return np.bincount(rho - offset), offset
 
 
 def _line_band(

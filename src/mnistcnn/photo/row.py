@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mnistcnn.errors import ImageError
-from mnistcnn.photo.decode import open_image
 from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, Steps, digits, trace
-from mnistcnn.photo.ink import Box, Part, analyse, box_of, gap, keep_mask, overlap, union
+from mnistcnn.photo.ink import Box, Part, analyse_file, box_of, gap, keep_mask, overlap, union
 
 # MNIST digits are at most ~1.25 times as wide as tall (99th percentile): ink wider than
 # SPLIT_ASPECT heights may be touching digits (two 1s are ~0.5), wider than WHOLE_ASPECT it is.
@@ -90,14 +88,13 @@ def _columns(pieces: list[Part], height: int) -> list[list[Part]]:
     """Pieces grouped into digits, left to right."""
     # Tall pieces are digits (or touching digits); tall pieces stacked are one broken digit.
     tall = [p for p in pieces if p.box[3] - p.box[1] >= TALL_STROKE * height]
-    small = [p for p in pieces if p.box[3] - p.box[1] < TALL_STROKE * height]
+    loose = [p for p in pieces if p.box[3] - p.box[1] < TALL_STROKE * height]
     groups: list[list[Part]] = []
     for part in sorted(tall, key=lambda p: p.box[0] + p.box[2]):
         if groups and overlap(_box(groups[-1]), part.box) >= 0.5:
             groups[-1].append(part)
         else:
             groups.append([part])
-    loose = list(small)
     placed = True
     while placed:  # until no piece finds a digit: a dotted stroke joins dot by dot
         placed = False
@@ -121,13 +118,9 @@ def _columns(pieces: list[Part], height: int) -> list[list[Part]]:
 
 def _cut(keep: np.ndarray, columns: list[int]) -> list[np.ndarray]:
     """The mask cut apart at `columns` (vertical lines), left to right, without empty pieces."""
-    pieces = []
-    for a, b in itertools.pairwise([0, *columns, keep.shape[1]]):
-        piece = np.zeros_like(keep)
-        piece[:, a:b] = keep[:, a:b]
-        if piece.any():
-            pieces.append(piece)
-    return pieces
+    x = np.arange(keep.shape[1])
+    pieces = [keep & (a <= x) & (x < b) for a, b in itertools.pairwise([0, *columns, len(x)])]
+    return [piece for piece in pieces if piece.any()]
 
 
 def _tallest(piece: np.ndarray) -> int:
@@ -195,11 +188,7 @@ def _joinable(a: np.ndarray, b: np.ndarray, height: int) -> bool:
 
 def segment(path: str | Path, *, steps: bool = False) -> Row:
     """Read an image file of digits in a row: each group's readings as 28x28 images."""
-    img = open_image(path)
-    try:
-        found = analyse(img)
-    except ImageError as exc:
-        raise ImageError(f"{exc}: {path}") from None
+    found = analyse_file(path)
     pieces, height = _row_parts(found.parts)
     keeps = [keep_mask(found, group) for group in _columns(pieces, height)]
     readings = [[digits(found, option) for option in _readings(k, height)] for k in keeps]
