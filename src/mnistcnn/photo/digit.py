@@ -20,16 +20,14 @@ from mnistcnn.photo import ink
 # MNIST's digit box inside its 28x28 frame.
 BOX = 20
 SIDE = 28
-# MNIST's stroke width / digit box is 0.085-0.2 (5th-95th percentile of the test set): a fine
-# pen's or a marker's strokes are brought into this range.
+# MNIST's stroke width / digit box is 0.085-0.2 (5th-95th percentile of the test set).
 STROKE_RANGE = (0.09, 0.18)
 # A digit is redrawn from its mask at no less than this long side (in pixels) before scaling down.
 CROP_SIDE = 96
-# Pieces with less than this fraction of the largest piece's ink are specks (noise, grain);
-# above it they may be a dotted or skipped stroke, kept by a digit.
+# Pieces with less of the largest piece's ink are specks; more may be a dotted stroke.
 SPECK_MASS = 0.005
-# A bar written apart over a digit's top (a 5's) may stand this fraction of its height above it:
-# 9 in 10 of MNIST's (124 in the training set) stand within 0.23; a blurred photo's is wider.
+# A bar apart over a digit's top (a 5's) stands within this fraction of its height above it:
+# 9 in 10 of MNIST's 124 within 0.23; a blurred photo's gap is wider.
 BAR_GAP = 0.4
 # Ink along this share of the frame's longer side, at one edge, is beyond the page (a table).
 EDGE_RUN = 0.5
@@ -89,8 +87,7 @@ def _bar_over(part: ink.Box, box: ink.Box) -> bool:
 
 def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
     """The strongest piece of ink and the pieces near it (a broken stroke, a detached bar)."""
-    # Ink along the frame's edge is mostly the table, a page edge or a shadow, not the digit;
-    # ink touching it in short runs may be a digit filling the frame.
+    # Ink along the frame's edge is a table, page edge or shadow; in short runs a filling digit.
     main = max(parts, key=lambda p: p.mass * (0.05 if p.contact >= EDGE_RUN else 0.5**p.border))
     chosen = [main]
     box = main.box
@@ -126,8 +123,8 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     """The digit as a clean shape (float in [0, 1]) at >= CROP_SIDE px, MNIST stroke width."""
     left, top, right, bottom = ink.box_of(keep)
     pad = 2
-    # Thresholded at half the stroke's contrast after enlarging: edges stay smooth. Half its
-    # own: a blurred or small digit's thin strokes are fainter than its thick ones.
+    # Thresholded after enlarging (smooth edges), at half the local strongest ink's contrast: a
+    # blurred or small digit's thin strokes are fainter than its thick ones.
     level = ink.INK_LEVEL * min(peak, float(contrast[keep].max()))
     crop = np.where(ndimage.binary_dilation(keep, iterations=2), contrast, 0)
     crop = np.pad(crop[top:bottom, left:right], pad)
@@ -146,10 +143,8 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
         return shape.astype(np.float32)
     # Grow or shrink by half the difference on each side, along the signed distance.
     grow = (target - width) / 2
-    margin = math.ceil(max(grow, 0)) + 1
-    shape = np.pad(shape, margin)
-    inside = ndimage.distance_transform_edt(shape)
-    outside = ndimage.distance_transform_edt(~shape)
+    shape = np.pad(shape, math.ceil(max(grow, 0)) + 1)
+    inside, outside = (ndimage.distance_transform_edt(m) for m in (shape, ~shape))
     return np.clip(0.5 + inside - outside + grow, 0, 1).astype(np.float32)
 
 
@@ -167,8 +162,7 @@ def _to_28(shape: np.ndarray) -> np.ndarray:
     y0 = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - size[1]))
     x0 = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - size[0]))
     canvas[y0 : y0 + size[1], x0 : x0 + size[0]] = small
-    peak = float(canvas.max())
-    return np.clip(canvas / peak, 0, 1) if peak > 0 else canvas
+    return np.clip(canvas / canvas.max(), 0, 1)  # the shape holds ink above 0.05
 
 
 def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:

@@ -22,16 +22,15 @@ Box = tuple[int, int, int, int]
 # How much more light-side than dark-side evidence calls the ink light (see `dark_ink`).
 LIGHT_INK_ODDS = 10.0
 # The paper's brightness is estimated over windows this fraction of the longer side: wider than
-# any marker stroke of a digit filling the frame, so ink vanishes from the estimate; light keeps
-# its shape (ramps, hills and steps survive a closing; only valleys narrower are filled).
+# a marker stroke filling the frame; ramps, hills and steps of light survive the closing.
 BACKGROUND_WINDOW = 0.5
 # The paper's estimate reaches this many pixels (at half size) past a closing (see `flatten`).
 SPILL = 1
-# A pixel is ink where its contrast is above this fraction of its digit's strongest ink: half
-# the stroke's contrast is where a blurred stroke edge lies; faint ruled lines stay below it.
+# Ink is contrast above this fraction of the strongest ink's: a blurred stroke's edge lies at
+# half its contrast; faint ruled lines stay below it.
 INK_LEVEL = 0.45
-# Pieces are traced down to this fraction of the strongest ink (hysteresis): a stroke that fades
-# stays in one piece, but a piece is kept only if it also holds ink above INK_LEVEL.
+# Pieces are traced down to this fraction (hysteresis): a fading stroke stays one piece, kept
+# only if it also holds ink above INK_LEVEL.
 FAINT_LEVEL = 0.25
 # Below this contrast against the paper (a fraction of the paper's brightness) there is no digit.
 MIN_CONTRAST = 0.12
@@ -68,36 +67,6 @@ def _resize(values: np.ndarray, size: tuple[int, int], resample: Image.Resamplin
     return np.asarray(Image.fromarray(np.ascontiguousarray(values), "F").resize(size, resample))
 
 
-def dark_ink(luminance: np.ndarray) -> bool:
-    """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
-    half = _pool(luminance, np.add) / 4
-    # Ink is a stroke: split at the middle grey, the side whose widest spot is under half as
-    # wide as the other's, and as a stroke at most ~30 % of the frame, is ink. Pieces at the
-    # frame's edge go on past it (a stroke crossing the edge stays as wide, the paper beside a
-    # digit that fills the frame widens), so neither the border nor the majority is paper.
-    smooth = ndimage.gaussian_filter(half, 2)  # sensor noise splits into specks, strokes do not
-    low, high = np.percentile(smooth, [5, 95])
-    if high - low > 0.1:
-        dark = np.pad(smooth < (low + high) / 2, max(half.shape) // 2, mode="edge")
-        thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
-        thin = min(thick_dark, thick_light)
-        if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
-            return bool(thick_dark < thick_light)
-    # Else ink is a minority: darker than three quarters of its surroundings (9x9 and 17x17
-    # blocks of 16 px, the larger for a marker), chalk lighter. In the generated photos chalk's
-    # light outweighs dark 150 times or more, a page that is a bright minority of the frame ~4x.
-    height, width = half.shape
-    blocks = _resize(half, (max(1, width // 8), max(1, height // 8)), Image.Resampling.BOX)
-    deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
-    for size, (level, sign) in itertools.product((9, 17), ((25, -1), (75, 1))):
-        local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
-        background = _resize(local, (width, height), Image.Resampling.BILINEAR)
-        # Beyond 0.05 only: sensor noise deviates to both sides alike.
-        away = sign * (half - background) - 0.05
-        deviation[sign] += float(np.clip(away, 0, None).sum())
-    return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
-
-
 def _pool(channel: np.ndarray, combine: np.ufunc) -> np.ndarray:
     """Half resolution: each 2x2 block combined by `combine` (np.maximum, np.minimum, np.add)."""
     height, width = channel.shape
@@ -106,14 +75,38 @@ def _pool(channel: np.ndarray, combine: np.ufunc) -> np.ndarray:
     return combine.reduce(pairs, axis=1)
 
 
+def dark_ink(luminance: np.ndarray) -> bool:
+    """Whether the ink is darker than its background (pen on paper) or lighter (chalk)."""
+    half = _pool(luminance, np.add) / 4
+    # Split at the middle grey, the side whose widest spot is under half the other's (and under
+    # ~30 % of the frame) is a stroke. Padded by the edge: a stroke crossing it stays as wide.
+    smooth = ndimage.gaussian_filter(half, 2)  # sensor noise splits into specks, strokes do not
+    low, high = np.percentile(smooth, [5, 95])
+    if high - low > 0.1:
+        dark = np.pad(smooth < (low + high) / 2, max(half.shape) // 2, mode="edge")
+        thick_dark, thick_light = (ndimage.distance_transform_edt(m).max() for m in (dark, ~dark))
+        thin = min(thick_dark, thick_light)
+        if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
+            return bool(thick_dark < thick_light)
+    # Else ink is the minority that stands out of its surroundings (9x9 and 17x17 blocks of
+    # 16 px): generated chalk's light outweighs dark 150 times or more, a bright page's ~4x.
+    height, width = half.shape
+    blocks = _resize(half, (max(1, width // 8), max(1, height // 8)), Image.Resampling.BOX)
+    deviation = {-1: 0.0, 1: 0.0}  # darker, lighter
+    for size, (level, sign) in itertools.product((9, 17), ((25, -1), (75, 1))):
+        local = ndimage.percentile_filter(blocks, level, size=size, mode="nearest")
+        background = _resize(local, (width, height), Image.Resampling.BILINEAR)
+        away = sign * (half - background) - 0.05  # sensor noise deviates to both sides alike
+        deviation[sign] += float(np.clip(away, 0, None).sum())
+    return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
+
+
 def flatten(rgb: np.ndarray) -> np.ndarray:
     """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke."""
     height, width = rgb.shape[:2]
-    luminance = np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255
-    dark = dark_ink(luminance)
-    # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's.
-    # Each is weighed by the paper's level in it (tinted paper), or a red pen on blue paper has
-    # the paper's weak red beside its own weak green; a colour the paper hardly reflects is out.
+    dark = dark_ink(np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255)
+    # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's;
+    # each weighed by the paper's level in it (tinted paper), a colour it hardly reflects left out.
     if dark:
         paper = np.maximum(np.median(rgb[::4, ::4].reshape(-1, 3), axis=0), 1.0)
         used = [
@@ -124,24 +117,18 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
         channel = np.minimum.reduce(used)
     else:
         channel = rgb.max(axis=2).astype(np.float32) / 255
-    # Sensor noise and JPEG blocks are finer than any stroke at this size.
-    smooth = ndimage.gaussian_filter(channel, 1.0)
-    # The paper's brightness is a grey closing (dark ink) or opening (chalk) of the smooth
-    # background, at half resolution, pooled so that strokes fade; it keeps gradients and shadows.
+    smooth = ndimage.gaussian_filter(channel, 1.0)  # finer than any stroke: noise, JPEG blocks
+    # The paper is a grey closing (dark ink) or opening (chalk) at half size, pooled so strokes
+    # fade, padded so a vignette stays light. The second filter, SPILL px wider, takes back what
+    # the enlarged closing spills past a sharp step of light (a shadow's edge).
     half = _pool(smooth, np.maximum if dark else np.minimum)
     window = max(4, round(BACKGROUND_WINDOW * max(half.shape)))
     first, second = (ndimage.maximum_filter, ndimage.minimum_filter)[:: 1 if dark else -1]
-    # Padded a window deep, light fading towards a border (a vignette) is light, not a stroke.
-    # Pooled and enlarged, a closing runs past a sharp step of light (a shadow's edge) into its
-    # darker side, seen as a line of ink: the second filter, SPILL px wider, puts it back.
     padded = np.pad(half, window, mode="edge")
     closed = second(first(padded, size=window), size=window + 2 * SPILL)
-    back = _resize(
-        closed[window:-window, window:-window], (width, height), Image.Resampling.BILINEAR
-    )
-    if dark:
-        return (back - smooth) / np.maximum(back, 0.02)
-    return smooth - back
+    closed = closed[window:-window, window:-window]
+    back = _resize(closed, (width, height), Image.Resampling.BILINEAR)
+    return (back - smooth) / np.maximum(back, 0.02) if dark else smooth - back
 
 
 def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -149,13 +136,12 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     # The 0.02 % strongest pixels: a digit has more than that, sensor noise peaks do not count.
     k = max(10, ink.size // 5000)
     strongest = float(np.partition(ink.ravel(), -k)[-k])
-    # The paper's level and noise from a quarter of the pixels, those under half the strongest
-    # ink's: the most common level, and the noise on the side away from the ink, or around the
-    # median if less (light in two levels, a shadow's). A digit that fills the frame leaves
-    # little paper, and a blurred or enlarged one's edges are wide ramps.
+    # The paper's level is the most common under half the strongest ink (all, if that is under
+    # 1 %: a digit filling the frame); its noise the spread away from the ink, or around the
+    # median if less (light in two levels, a shadow's).
     sample = ink[::2, ::2].ravel()
     paper = sample[sample < 0.5 * strongest]
-    if paper.size < sample.size // 100:  # no level stands apart: the frame is all one
+    if paper.size < sample.size // 100:
         paper = sample
     counts, edges = np.histogram(paper, bins=64, range=(np.percentile(paper, 5), paper.max()))
     base = float(edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]) / 2
@@ -168,9 +154,10 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return contrast, contrast > max(FAINT_LEVEL * peak, 5 * spread), peak
 
 
-def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
-    """The pieces of ink (8-connected) that hold ink above INK_LEVEL; ImageError if none."""
-    contrast, mask, peak = _ink_mask(ink)
+def analyse(img: Image.Image) -> Found:
+    """An opened image's pieces of ink (8-connected) at working size; ImageError if none."""
+    rgb, alpha = to_working(img)
+    contrast, mask, peak = _ink_mask(alpha if alpha is not None else flatten(rgb))
     labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
     masses = ndimage.sum_labels(contrast, labels, np.arange(1, count + 1))
     # Each piece's strongest ink, without sorting the frame (as ndimage.maximum does).
@@ -178,8 +165,7 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     on = labels > 0
     np.maximum.at(strengths, labels[on], contrast[on])
     sides = (labels[0], labels[-1], labels[:, 0], labels[:, -1])
-    longest = max(labels.shape)
-    contact = np.max([np.bincount(side, minlength=count + 1) for side in sides], 0) / longest
+    contact = np.max([np.bincount(s, minlength=count + 1) for s in sides], 0) / max(labels.shape)
     parts = []
     for label, (rows, cols) in enumerate(ndimage.find_objects(labels), 1):
         if float(strengths[label]) >= INK_LEVEL * peak:
@@ -189,12 +175,6 @@ def find(rgb: np.ndarray, ink: np.ndarray) -> Found:
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
     return Found(rgb, contrast, peak, labels, parts)
-
-
-def analyse(img: Image.Image) -> Found:
-    """An opened image's ink at working size: alpha where transparent, else the flattened light."""
-    rgb, alpha = to_working(img)
-    return find(rgb, alpha if alpha is not None else flatten(rgb))
 
 
 def analyse_file(path: str | Path) -> Found:
