@@ -175,11 +175,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--tta works with a .pth model (its views need torch)")
     if args.multi and onnx:
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
-    if onnx:  # onnxruntime: torch is never imported
-        from mnistcnn.predict.files import load_onnx
+    from mnistcnn.predict.files import DIGITS, load_onnx, predict_paths
 
+    if onnx:  # onnxruntime: torch is never imported
         model: Any = load_onnx(paths[0])
         raw = [] if model.temperature is not None else paths
+        classify, labels = model.probabilities, model.labels
     else:
         from mnistcnn.checkpoint import load_model
         from mnistcnn.predict.classify import Ensemble, classifier, stored_temperatures
@@ -188,6 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         models = [load_model(path) for path in paths]
         model = models[0] if len(models) == 1 else Ensemble(models)
         raw = [p for p, m in zip(paths, models, strict=True) if not stored_temperatures(m.meta)]
+        classify, labels = classifier(model, args.tta), DIGITS
     options: dict[str, Any] = {
         "top_k": args.top_k,
         "save_dir": args.save_preprocessed,
@@ -196,10 +198,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.multi:
         found: Iterable[Any] = predict_numbers(model, args.images, **options, use_tta=args.tta)
     else:
-        from mnistcnn.predict.files import DIGITS, predict_paths
-
-        classify = model.probabilities if onnx else classifier(model, args.tta)
-        labels = model.labels if onnx else DIGITS
         found = predict_paths(classify, args.images, labels=labels, **options)
     results = []
     for p in found:  # each answer printed as it comes, errors on stderr
