@@ -190,7 +190,7 @@ PREDICT_HELP = (
 )
 
 
-def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(model: DigitNet, file: str = "") -> FastAPI:
     """The web app around a loaded model (read-only, shared by concurrent requests)."""
     # No /docs or /redoc: FastAPI's pages load Swagger UI from a CDN; the schema is served.
     app = FastAPI(
@@ -199,7 +199,7 @@ def create_app(model: DigitNet, file: str = "", max_bytes: int = MAX_BODY_BYTES)
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(body_limit, max_bytes=max_bytes)
+    app.add_middleware(body_limit, max_bytes=MAX_BODY_BYTES)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     info = model.get_extra_state()
     described = ModelInfo(
