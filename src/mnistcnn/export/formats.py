@@ -110,12 +110,7 @@ def with_metadata(proto: Any, meta: Meta) -> bytes:
 
 def torch_runner(module: nn.Module) -> Runner:
     """Run a torch module on float32 numpy images: (N, 1, 28, 28) -> logits (N, 10)."""
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(images)).numpy()
-
-    return run
+    return torch.inference_mode()(lambda images: module(torch.from_numpy(images)).numpy())
 
 
 def runner(fmt: str, data: bytes, threads: int | None = None) -> Runner:
@@ -125,8 +120,7 @@ def runner(fmt: str, data: bytes, threads: int | None = None) -> Runner:
             return torch_runner(torch.jit.load(io.BytesIO(data), map_location="cpu"))
     ort = require("onnxruntime")
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
