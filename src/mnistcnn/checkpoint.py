@@ -1,5 +1,5 @@
-"""Model files (a self-describing state_dict, see `model.nets.DigitNet`) and training checkpoints:
-atomic writes, `weights_only=True` reads, one-line errors."""
+"""Model files (a self-describing state_dict, see `model.nets.DigitNet`): atomic writes; they and
+training checkpoints read with `weights_only=True`, with one-line errors."""
 
 from __future__ import annotations
 
