@@ -363,12 +363,10 @@ def test_steps_panel_shows_every_step(
     result = preprocess(path, steps=True)
     steps = result.steps
     assert steps is not None
-    height, width = steps.ink.shape
-    assert steps.photo.shape == (height, width, 3) and steps.photo.dtype == np.uint8
-    assert steps.mask.shape == (height, width) and steps.mask.dtype == bool
-    assert steps.boxes == [result.box] and len(steps.crops) == 1
-    assert np.array_equal(steps.images[0], result.image)
-    panel = steps_panel(steps, height=120)
+    height, width = steps.contrast.shape
+    assert steps.rgb.shape == (height, width, 3) and steps.rgb.dtype == np.uint8
+    assert steps.labels.shape == (height, width) and (width, height) == result.frame
+    panel = steps_panel(steps, [result], height=120)
     assert panel.mode == "RGB" and panel.height == 120 + 16
     # photo, flattened light, mask, crop and 28x28: five tiles side by side
     assert panel.width > 4 * 120
@@ -377,10 +375,10 @@ def test_steps_panel_shows_every_step(
 
 def test_steps_panel_encodes(first_photos: dict[str, list[tuple[Path, photogen.Photo]]]) -> None:
     path, _ = first_photos["chalk"][0]
-    steps = preprocess(path, steps=True).steps
-    assert steps is not None
+    result = preprocess(path, steps=True)
+    assert result.steps is not None
     buffer = io.BytesIO()
-    steps_panel(steps).save(buffer, "PNG")
+    steps_panel(result.steps, [result]).save(buffer, "PNG")
     assert buffer.getvalue().startswith(b"\x89PNG")
 
 

@@ -103,8 +103,8 @@ def test_groups_come_left_to_right_with_their_boxes(
     assert len(row.readings) == 4
     lefts = [options[0][0].box[0] for options in row.readings]
     assert lefts == sorted(lefts)
-    assert all(d.image.shape == (28, 28) for d in row.digits)
-    assert row.steps is not None and len(row.steps.images) == 4
+    assert all(d.image.shape == (28, 28) for options in row.readings for d in options[0])
+    assert row.steps is not None and row.steps.rgb.shape[:2] == row.steps.labels.shape
 
 
 def test_a_dash_and_specks_are_not_digits(

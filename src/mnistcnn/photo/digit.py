@@ -36,24 +36,12 @@ FRAMED_MASS = 0.2
 
 
 @dataclass(frozen=True)
-class Steps:
-    """The pipeline's intermediate pictures (`--save-preprocessed`), kept only when asked for."""
-
-    photo: np.ndarray  # (H, W, 3) uint8: the working image
-    ink: np.ndarray  # (H, W) the flattened ink map, 1 at the strongest ink
-    mask: np.ndarray  # (H, W) bool: what was called ink (lines and specks removed)
-    boxes: list[ink.Box]  # each digit's box
-    crops: list[np.ndarray]  # each digit, stroke-normalized
-    images: list[np.ndarray]  # each digit's 28x28
-
-
-@dataclass(frozen=True)
 class Preprocessed:
     """The 28x28 model input in [0, 1] (white ink on black) and where the digit was found."""
 
     image: np.ndarray
     box: ink.Box  # in the working image
-    steps: Steps | None = None
+    steps: ink.Found | None = None  # the image's ink, for `steps_panel`, kept only when asked for
     crop: np.ndarray | None = None  # the stroke-normalized digit before scaling to 20x20
     frame: tuple[int, int] = (0, 0)  # width, height of the working image `box` is in
 
@@ -175,16 +163,9 @@ def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     ]
 
 
-def trace(found: ink.Found, made: list[Preprocessed]) -> Steps:
-    """The steps' pictures of an image and the digits made from it."""
-    contrast, mask = np.clip(found.contrast / found.peak, 0, 1), ink.keep_mask(found, found.parts)
-    crops = [d.crop for d in made if d.crop is not None]
-    return Steps(found.rgb, contrast, mask, [d.box for d in made], crops, [d.image for d in made])
-
-
 def _choose(found: ink.Found, steps: bool) -> Preprocessed:
     (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))])
-    return replace(digit, steps=trace(found, [digit])) if steps else digit
+    return replace(digit, steps=found) if steps else digit
 
 
 def preprocess_image(img: Image.Image, *, steps: bool = False) -> Preprocessed:
@@ -211,16 +192,17 @@ def _tile(image: Image.Image, title: str, height: int) -> Image.Image:
     return tile
 
 
-def steps_panel(steps: Steps, height: int = 192) -> Image.Image:
+def steps_panel(found: ink.Found, made: list[Preprocessed], height: int = 192) -> Image.Image:
     """One picture of every step: photo, flattened light, ink mask and boxes, crops, 28x28s."""
-    mask = _grey(steps.mask.astype(np.float32) * 0.6).convert("RGB")
+    mask = _grey(ink.keep_mask(found, found.parts).astype(np.float32) * 0.6).convert("RGB")
     draw = ImageDraw.Draw(mask)
-    for left, top, right, bottom in steps.boxes:
+    for left, top, right, bottom in [d.box for d in made]:
         draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 60, 60), width=2)
-    shown = [(Image.fromarray(steps.photo, "RGB"), "photo"), (_grey(steps.ink), "flattened light")]
-    shown += [(mask, "mask, digit box")]
-    shown += [(_grey(c), "" if i else "crop") for i, c in enumerate(steps.crops)]
-    shown += [(_grey(m), "" if i else "28x28") for i, m in enumerate(steps.images)]
+    shown = [(Image.fromarray(found.rgb, "RGB"), "photo")]
+    shown += [(_grey(found.contrast / found.peak), "flattened light"), (mask, "mask, digit box")]
+    crops = [d.crop for d in made if d.crop is not None]
+    shown += [(_grey(c), "" if i else "crop") for i, c in enumerate(crops)]
+    shown += [(_grey(d.image), "" if i else "28x28") for i, d in enumerate(made)]
     tiles = [_tile(image, title, height) for image, title in shown]
     lefts = list(itertools.accumulate([t.width + 6 for t in tiles], initial=0))  # 6 px apart
     panel = Image.new("RGB", (lefts[-1] - 6, height + 16))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, Steps, digits, trace
+from mnistcnn.photo import ink
+from mnistcnn.photo.digit import SPECK_MASS, Preprocessed, digits
 from mnistcnn.photo.ink import Box, Part, analyse_file, box_of, gap, keep_mask, overlap, union
 
 # MNIST digits are at most ~1.25 times as wide as tall (99th percentile): ink wider than
@@ -23,8 +24,7 @@ SPLIT_ASPECT = 0.5
 WHOLE_ASPECT = 1.4
 # A touching digit is ~0.45-1.1 heights wide: cuts are tried where the ink is thinnest.
 DIGIT_ASPECT = 0.7
-# Ink that could be one digit is cut only into pieces this tall (of the row's height): a cut
-# through one wide digit (a 6's loop) leaves a shorter piece.
+# One digit's ink is cut only into pieces this tall (of the row's height): not a 6's loop.
 CUT_HEIGHT = 0.7
 # A piece this tall (of the row's height) is a digit or part of one, a shorter one a speck or a
 # loose stroke; a cut piece must hold one too: specks beside a 1 ("1:") span a digit's height.
@@ -40,13 +40,8 @@ class Row:
 
     readings: list[list[list[Preprocessed]]]
     joined: list[Preprocessed | None] = field(default_factory=list)
-    steps: Steps | None = None
+    steps: ink.Found | None = None  # the image's ink, for `steps_panel`, kept only when asked for
     height: int = 0  # the digits' height in the working image (0: unknown)
-
-    @property
-    def digits(self) -> list[Preprocessed]:
-        """Each group read whole."""
-        return [d for options in self.readings for d in options[0]]
 
 
 def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
@@ -140,9 +135,8 @@ def _cut_columns(profile: np.ndarray, width: int, count: int) -> list[tuple[int,
     candidates = [tuple(sorted(set(cuts)))]
     if count == 2:  # also at the three thinnest of the middle 60 %, a tenth of the width apart
         for column in np.argsort(profile, kind="stable"):
-            if not 0.2 * width <= column <= 0.8 * width:
-                continue
-            if all(abs(column - c[0]) >= 0.1 * width for c in candidates):
+            middle = 0.2 * width <= column <= 0.8 * width
+            if middle and all(abs(column - c[0]) >= 0.1 * width for c in candidates):
                 candidates.append((int(column),))
             if len(candidates) == 4:
                 break
@@ -196,5 +190,4 @@ def segment(path: str | Path, *, steps: bool = False) -> Row:
         digits(found, [a | b])[0] if _joinable(a, b, height) else None
         for a, b in itertools.pairwise(keeps)
     ]
-    row = Row(readings, joined, None, height)
-    return replace(row, steps=trace(found, row.digits)) if steps else row
+    return Row(readings, joined, found if steps else None, height)

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from mnistcnn.errors import CheckpointError, ImageError, MnistCnnError
-from mnistcnn.photo.digit import Steps, preprocess, steps_panel
+from mnistcnn.photo.digit import Preprocessed, preprocess, steps_panel
+from mnistcnn.photo.ink import Found
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 DIGITS = tuple(range(10))
@@ -58,13 +59,13 @@ def unique_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def save_views(out_dir: Path, name: str, images: list[np.ndarray], steps: Steps | None) -> None:
-    """What the model saw: `NAME.png` (the 28x28 inputs side by side) and `NAME.steps.png`."""
+def save_views(out_dir: Path, name: str, made: list[Preprocessed], steps: Found | None) -> None:
+    """What the model saw: `NAME.png` (these 28x28 inputs side by side) and `NAME.steps.png`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    strip = (np.concatenate(images, axis=1) * 255).round().astype(np.uint8)
+    strip = (np.concatenate([d.image for d in made], axis=1) * 255).round().astype(np.uint8)
     Image.fromarray(strip).save(out_dir / f"{name}.png")
     if steps is not None:
-        steps_panel(steps).save(out_dir / f"{name}.steps.png")
+        steps_panel(steps, made).save(out_dir / f"{name}.steps.png")
 
 
 def predict_paths(
@@ -91,7 +92,7 @@ def predict_paths(
                 continue
             ready.append((path, found.image))
             if save_dir is not None:
-                save_views(Path(save_dir), unique_name(path, taken), [found.image], found.steps)
+                save_views(Path(save_dir), unique_name(path, taken), [found], found.steps)
         if ready:
             probs = np.asarray(classify(np.stack([image for _, image in ready])), np.float64)
             order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]

@@ -17,13 +17,11 @@ from mnistcnn.photo.row import Row, segment
 from mnistcnn.predict.classify import digit_logits, probabilities
 from mnistcnn.predict.files import MIN_CONFIDENCE, expand_inputs, save_views, unique_name
 
-# Log-probability a reading pays per cut of a group (touching digits) and per join of two (one
-# digit broken in two): a cut or a join must make the model clearly surer, not just give shapes
-# it can name. A piece also pays ENERGY_WEIGHT per unit its logits' log-sum-exp falls short of
-# the row's most digit-like group (a confident softmax over a shape unlike any digit, half an 8,
-# is not evidence), and WIDE_COST per row height its box is wider than the row is tall (MNIST's
-# digits are at most 1.1 times as wide as tall for 95 %, 1.25 for 99 %; two touching digits
-# read whole usually are wider). Set on generated rows (benchmarks/photos.py seeds 10-14).
+# Log-probability a reading pays per cut of a group and per join of two: it must make the model
+# clearly surer. A piece also pays ENERGY_WEIGHT per unit its logits' log-sum-exp falls short of
+# the row's most digit-like group (a sure softmax over half an 8 is no evidence), and WIDE_COST
+# per row height its box is wider than tall (99 % of MNIST's digits are within 1.25; touching
+# digits read whole are wider). Set on generated rows (benchmarks/photos.py seeds 10-14).
 CUT_COST = 0.1
 JOIN_COST = 0.5
 ENERGY_WEIGHT = 0.5
@@ -121,9 +119,6 @@ def predict_numbers(
             yield NumberAnswer(str(path), error=str(exc))
             continue
         read, digits = _read(model, path, row, top_k, use_tta)
-        if save_dir is not None and row.steps is not None:
-            images = [d.image for d in digits]
-            crops = [d.crop for d in digits if d.crop is not None]
-            steps = replace(row.steps, boxes=read.boxes, crops=crops, images=images)
-            save_views(Path(save_dir), unique_name(path, taken), images, steps)
+        if save_dir is not None:
+            save_views(Path(save_dir), unique_name(path, taken), digits, row.steps)
         yield replace(read, low_confidence=read.probability < min_confidence)
