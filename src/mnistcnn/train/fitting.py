@@ -280,7 +280,7 @@ class Run:
             write_csv(self.paths["metrics"], self.history)
         if self.world.distributed:  # a process that dies later leaves this epoch saved
             dist.barrier()
-        self.runlog.epoch(self.history[-1], self.history, self.paths["model"] if improved else None)
+        self.runlog.epoch(self.history, self.paths["model"] if improved else None)
 
     def finish(self, started: float) -> Row:
         """Calibrate and test the best weights and save them with their results; the summary."""

@@ -116,8 +116,8 @@ class RunLog:
 
         return on_log
 
-    def epoch(self, row: dict[str, Any], history: list[dict[str, Any]], saved: Path | None) -> None:
-        """Write metrics.csv and steps.csv, copy the model if it was `saved`, add scalars."""
+    def epoch(self, history: list[dict[str, Any]], saved: Path | None) -> None:
+        """Write metrics.csv and steps.csv, copy the model if it was `saved`, add the last row."""
         if self.folder is None:
             return
         files.write_csv(self.folder / files.RUN_METRICS, history)
@@ -126,6 +126,7 @@ class RunLog:
             self.copy_model(saved)
         if self.writer is None:
             return
+        row = history[-1]
         e = row["epoch"]
         # One tag per curve: add_scalars would make a sub-run folder per curve.
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
