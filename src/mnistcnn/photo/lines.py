@@ -13,7 +13,6 @@ from scipy import ndimage
 
 def remove_lines(mask: np.ndarray) -> np.ndarray:
     """The mask without lines across the frame (a digit on a margin line keeps its stroke)."""
-    height, width = mask.shape
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return mask
@@ -21,12 +20,14 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
         pick = np.random.default_rng(0).choice(len(ys), 40_000, replace=False)
         ys, xs = ys[pick], xs[pick]
     weight = mask.sum() / len(ys)  # pixels per vote
-    thick = max(3, round(0.015 * min(height, width)))
+    thick = max(3, round(0.015 * min(mask.shape)))
     out = mask.copy()
     erased: list[tuple[bool, float, bool]] = []  # vertical, position, stops short of both ends
     for vertical in (False, True):
+        # Lines run along the grid's rows: the mask's, or for vertical lines its transpose's.
+        grid = mask.T if vertical else mask
         along, across = (ys, xs) if vertical else (xs, ys)
-        span = height if vertical else width
+        span = grid.shape[1]
         # Every half degree, then the best one to a tenth: off by a quarter of a degree, a
         # line's votes spread over 2-3 bins and a thin one falls under the threshold.
         votes = {float(d): _vote(along, across, d) for d in np.arange(-10, 10.5, 0.5)}
@@ -44,10 +45,11 @@ def remove_lines(mask: np.ndarray) -> np.ndarray:
             reach = along[np.abs(rho_all - rho) <= 1.5]
             if reach.min() > 0.15 * span or reach.max() < 0.85 * span:
                 continue
-            band = _line_band(mask, rho, t, vertical, thick)
+            band = _line_band(grid, rho, t, thick)
             if band is None:
                 continue
-            out = _erase_line(out, mask, rho, t, vertical, band)
+            kept = _erase_line(out.T if vertical else out, grid, rho, t, band)
+            out = kept.T if vertical else kept
             short = min(reach.min(), span - 1 - reach.max()) > 0.01 * span
             erased.append((vertical, rho, short))
     # A lone line that stops short of both ends of the frame, with next to nothing else on the
@@ -71,22 +73,18 @@ def _vote(along: np.ndarray, across: np.ndarray, degrees: float) -> tuple[np.nda
     return np.bincount(rho - offset), offset
 
 
-def _line_band(
-    mask: np.ndarray, rho: float, t: float, vertical: bool, thick: int
-) -> tuple[int, int] | None:
-    """The offsets across a line (from its centre `rho`) its ink covers; None if it is not thin."""
+def _line_band(grid: np.ndarray, rho: float, t: float, thick: int) -> tuple[int, int] | None:
+    """The offsets across a line along `grid`'s rows its ink covers; None if it is not thin."""
     # Thin: where its centre is ink, the median ink within `thick` of it is at most `thick`. The
     # band holds each offset inked in 7 of the line's 10 tenths: a page edge's wide rim lies off
     # its 1 px vote's centre, a stroke along the line covers fewer tenths.
-    height, width = mask.shape
-    span, breadth = (height, width) if vertical else (width, height)
+    breadth, span = grid.shape
     along = np.arange(span)
     centre = (rho + along * math.sin(t)) / math.cos(t)
     offsets = np.arange(-thick, thick + 1)
     across = np.round(centre[:, None]).astype(np.int64) + offsets
     # Past the frame's edge the ink goes on as at the edge: a stroke along it is not thin.
-    across = np.clip(across, 0, breadth - 1)
-    values = mask[along[:, None], across] if vertical else mask[across, along[:, None]]
+    values = grid[np.clip(across, 0, breadth - 1), along[:, None]]
     on = values[:, thick]
     if not on.any() or float(np.median(values[on].sum(1))) > thick:
         return None
@@ -96,17 +94,14 @@ def _line_band(
 
 
 def _erase_line(
-    out: np.ndarray, mask: np.ndarray, rho: float, t: float, vertical: bool, band: tuple[int, int]
+    out: np.ndarray, grid: np.ndarray, rho: float, t: float, band: tuple[int, int]
 ) -> np.ndarray:
     """Clear a line's band (offsets across it from `rho`), keeping the strokes that cross it."""
-    yy, xx = np.indices(mask.shape)
-    along, across = (yy, xx) if vertical else (xx, yy)
+    across, along = np.indices(grid.shape)
     offset = _rho(along, across, t) - rho
     lo, hi = band
     inside = (offset >= lo - 0.5) & (offset <= hi + 0.5)
     cleared = out & ~inside
     # A closing across the band bridges it where a stroke reaches it from both sides.
-    length = hi - lo + 5
-    reach = np.ones((1, length) if vertical else (length, 1), bool)
-    crossing = ndimage.binary_closing(cleared, reach) & inside & mask
-    return cleared | crossing
+    reach = np.ones((hi - lo + 5, 1), bool)
+    return cleared | (ndimage.binary_closing(cleared, reach) & inside & grid)

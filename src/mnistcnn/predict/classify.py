@@ -18,9 +18,8 @@ from mnistcnn.model.summary import inference_batch
 from mnistcnn.photo.digit import preprocess
 from mnistcnn.predict.files import Answer, Classifier, unique_name
 
-# (degrees, dx px, dy px) per view. One-pixel shifts and +-10 degrees are the jitter a centre-of-
-# mass crop and a slanted hand give (MNIST itself is centred to about a pixel); more or larger
-# moves start to turn a 1 into a 7 and cost more time than they return.
+# (degrees, dx px, dy px) per view: the jitter a centre-of-mass crop and a slanted hand give
+# (MNIST is centred to about a pixel); larger moves turn a 1 into a 7 and cost more than they give.
 VIEWS = ((0, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1), (10, 0, 0), (-10, 0, 0))
 # `--explain` blanks a 5x5 patch, about a stroke's width and a third of a digit's height in
 # MNIST's 20x20 box: small enough to localize, large enough that blanking it changes the digit.
@@ -153,7 +152,6 @@ def explain_predictions(
     for p in answers:
         if not p.error:
             image = preprocess(p.path).image
-            heat, label, probability = occlusion(model, image)
-            figure = figures.explain(image, heat, label, probability)
             name = unique_name(Path(p.path), taken)
+            figure = figures.explain(image, *occlusion(model, image))
             yield figures.save(figure, Path(out_dir) / f"{name}.explain.png")
