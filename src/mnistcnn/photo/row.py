@@ -52,8 +52,7 @@ def _row_parts(parts: list[Part]) -> tuple[list[Part], int]:
     # The second tallest: broken digits must not make it smaller, nor a scribble larger.
     heights = sorted((p.box[3] - p.box[1] for p in big), reverse=True)
     height = heights[1] if len(heights) >= 3 else heights[0]
-    top = float(np.median([p.box[1] for p in big]))
-    bottom = float(np.median([p.box[3] for p in big]))
+    top, bottom = np.median([(p.box[1], p.box[3]) for p in big], axis=0).tolist()
     margin = 0.5 * height
     near = [p for p in inside if p.box[3] > top - margin and p.box[1] < bottom + margin]
     return [p for p in near if p.mass >= SPECK_MASS * biggest], height

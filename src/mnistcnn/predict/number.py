@@ -60,10 +60,9 @@ def _best_path(row: Row, index: dict[int, int], score: list[float]) -> list[int]
     # best[i]: the best reading of the first i groups, as (score, candidate indices).
     best: list[tuple[float, list[int]]] = [(0.0, [])]
     for i, options in enumerate(row.readings):
-        ways = [[index[id(d)] for d in option] for option in options]
         paths = [
             (best[i][0] + sum(score[j] for j in way) - CUT_COST * (len(way) - 1), best[i][1] + way)
-            for way in ways
+            for way in ([index[id(d)] for d in option] for option in options)
         ]
         joined = row.joined[i - 1] if i > 0 and len(row.joined) >= i else None
         if joined is not None:
