@@ -455,3 +455,14 @@ def test_an_image_with_no_digit_says_so(kind: str, tmp_path: Path) -> None:
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
     with pytest.raises(ImageError, match="no digit"):
         preprocess(path)
+
+
+def test_a_stroke_split_at_the_frames_edge_stays_with_its_digit() -> None:
+    # A 0 touching the top edge, its ring broken twice: the arc along the edge is a piece of
+    # its own, smaller than the rest, touching the frame; its box overlaps the digit's.
+    page = Image.new("L", (220, 260), 235)
+    draw = ImageDraw.Draw(page)
+    draw.ellipse((40, 0, 180, 240), outline=30, width=18)
+    draw.rectangle((30, 40, 70, 54), fill=235)  # the left side's break
+    draw.rectangle((150, 62, 190, 76), fill=235)  # the right side's, lower
+    assert np.allclose(preprocess_image(page).box, (40, 0, 181, 241), atol=4)

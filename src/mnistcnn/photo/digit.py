@@ -73,6 +73,13 @@ def _bar_over(part: ink.Box, box: ink.Box) -> bool:
     return bar and ink.overlap(part, box) >= 0.3 and 0 <= box[1] - bottom <= BAR_GAP * height
 
 
+def _within(part: ink.Part, box: ink.Box) -> bool:
+    """Whether a piece overlaps a box and adding it grows the box by under half each way."""
+    grown = ink.union([box, part.box])
+    wider = grown[2] - grown[0] < 1.5 * (box[2] - box[0])
+    return ink.gap(part.box, box) == 0 and wider and grown[3] - grown[1] < 1.5 * (box[3] - box[1])
+
+
 def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
     """The strongest piece of ink and the pieces near it (a broken stroke, a detached bar)."""
     # Ink along the frame's edge is a table, page edge or shadow; in short runs a filling digit.
@@ -87,9 +94,10 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
             if part in chosen or part.mass < SPECK_MASS * main.mass:
                 continue
             # Ink at the edge joins a digit at the edge (cropped tightly), or one it outweighs
-            # while touching the edge in short runs (strokes, not a table beyond the page).
-            bulk = part.mass >= main.mass and part.contact < EDGE_RUN
-            if part.border and not (main.border or bulk):
+            # while touching the edge in short runs (strokes, not a table beyond the page), or
+            # overlaps without growing it by half (a stroke that left the frame and came back).
+            stroke = part.contact < EDGE_RUN and (part.mass >= main.mass or _within(part, box))
+            if part.border and not (main.border or stroke):
                 continue
             near = max(reach, 0.2 * max(part.box[2] - part.box[0], part.box[3] - part.box[1]))
             if ink.gap(part.box, box) <= near or _bar_over(part.box, box):
