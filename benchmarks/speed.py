@@ -3,12 +3,13 @@
     python benchmarks/speed.py --data-dir ../shared/data [--seeds 5] [--skip-base]
 
 1. Time to 99 %: configs/fast.yaml over several seeds vs the common PyTorch example's recipe
-   (benchmarks/reference.py) trained until its test accuracy reaches 99.0 %. Both are timed
-   alike: data loading and training in, the test-set scoring out; fast.yaml's time also holds
-   its per-epoch validation and the temperature calibration (`train_seconds` in the model).
+   (benchmarks/reference.py) trained until its test accuracy reaches 99.0 %. fast.yaml is timed
+   as a user waits: the whole `mnistcnn train` command (data loading, training, validation,
+   calibration, the final test, the files written) less a process that only imports torch,
+   torchvision and mnistcnn; the reference by its training seconds alone.
 2. configs/base.yaml: test accuracy and total training time.
 3. Eval throughput: `mnistcnn eval`'s path, float32 and `--amp`, vs the example's test loop on
-   the same weights, for models/tiny.pth, fast.yaml's model and base.yaml's.
+   the same weights, for fast.yaml's model and the bundled one (base.yaml's).
 4. Predict cold start: `mnistcnn predict one.png` vs `python -c "import torch"`.
 5. Threads: training images/s at 1 and 2 torch threads.
 (benchmarks/gpu.py measures a CUDA GPU.)
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference
 
+from mnistcnn.bundled import BUNDLED
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config.build import load_config
 from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
@@ -52,8 +54,22 @@ def run_config(name: str, data_dir: str, out: Path, *sets: str) -> dict:
     return {**result, "wall": time.perf_counter() - t0, "path": out}
 
 
+def command_seconds(command: list[str]) -> float:
+    """Wall seconds of a command in a fresh Python process (its output discarded)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *command], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def import_seconds(repeats: int = 5) -> float:
+    """Median wall seconds of a Python process that imports torch, torchvision and mnistcnn."""
+    code = "import torch, torchvision, mnistcnn.cli.commands"
+    return statistics.median(command_seconds(["-c", code]) for _ in range(repeats))
+
+
 def time_to_99(data_dir: str, seeds: int, out_dir: Path) -> tuple[dict, list[dict]]:
-    """The reference's and fast.yaml's training times to 99 % test accuracy."""
+    """The reference's training time to 99 % test accuracy, and fast.yaml's `mnistcnn train`
+    commands as a user waits for them, each seed in its own process."""
     ref = {}
     for ref in reference.train_until(data_dir, target=0.99, max_epochs=8):
         print(
@@ -64,11 +80,20 @@ def time_to_99(data_dir: str, seeds: int, out_dir: Path) -> tuple[dict, list[dic
     fast = []
     for seed in range(seeds):
         out = out_dir / f"fast-{seed}.pth"
-        fast.append(run_config("fast", data_dir, out, f"train.seed={seed}", f"train.output={out}"))
+        train = ["-m", "mnistcnn", "train", "--config", str(ROOT / "configs" / "fast.yaml")]
+        sets = [
+            "--data-dir",
+            data_dir,
+            "--set",
+            f"train.seed={seed}",
+            "--set",
+            f"train.output={out}",
+        ]
+        seconds = command_seconds([*train, *sets, "--overwrite"])
+        fast.append({**load_model(out).meta, "command": seconds, "path": out})
         print(
-            f"  fast.yaml seed {seed}: {100 * fast[-1]['test_accuracy']:.2f} % after "
-            f"{fast[-1]['train_seconds']:.1f} s of training "
-            f"({fast[-1]['wall']:.1f} s with the test)",
+            f"  fast.yaml seed {seed}: {100 * fast[-1]['test_accuracy']:.2f} %, "
+            f"the command {seconds:.1f} s ({fast[-1]['train_seconds']:.1f} s in training)",
             flush=True,
         )
     return ref, fast
@@ -200,8 +225,9 @@ def main() -> None:
     print("1. time to 99 % test accuracy", flush=True)
     ref, fast = time_to_99(args.data_dir, args.seeds, out_dir)
     accs = [r["test_accuracy"] for r in fast]
-    fast_median = statistics.median(r["train_seconds"] for r in fast)
-    fast_wall = statistics.median(r["wall"] for r in fast)
+    imports = import_seconds()
+    waited = statistics.median(r["command"] for r in fast) - imports
+    fast_train = statistics.median(r["train_seconds"] for r in fast)
     rows.append(
         (
             "reference: time to 99.0 % (s)",
@@ -211,23 +237,25 @@ def main() -> None:
     )
     rows.append(
         (
-            "fast.yaml: median training time (s)",
-            f"{fast_median:.1f}",
-            f"{ref['seconds'] / fast_median:.1f}x faster (goal >= 15x)",
+            "fast.yaml: median `mnistcnn train` command less imports (s)",
+            f"{waited:.1f}",
+            f"**{ref['seconds'] / waited:.1f}x** faster (goal >= 22x); "
+            f"the imports of torch, torchvision and mnistcnn: {imports:.1f} s",
         )
     )
     rows.append(
         (
-            "fast.yaml: median `fit` wall time with the final test (s)",
-            f"{fast_wall:.1f}",
-            f"{ref['seconds'] / fast_wall:.1f}x",
+            "fast.yaml: median training time (s)",
+            f"{fast_train:.1f}",
+            f"{ref['seconds'] / fast_train:.1f}x; validation and calibration in, the test out",
         )
     )
     rows.append(
         (
             "fast.yaml: test accuracy, mean / min (%)",
             f"{100 * statistics.mean(accs):.2f} / {100 * min(accs):.2f}",
-            f"{len(accs)} seeds (goal mean >= 99.0, each >= 98.9)",
+            f"{len(accs)} seeds: {', '.join(f'{100 * a:.2f}' for a in accs)} "
+            "(goal mean >= 99.0, each >= 98.9)",
         )
     )
 
@@ -244,9 +272,7 @@ def main() -> None:
         )
 
     print("3. eval throughput", flush=True)
-    models = {"tiny.pth": ROOT / "models" / "tiny.pth", "fast.yaml's": fast[0]["path"]}
-    if not args.skip_base:
-        models["base.yaml's"] = out_dir / "base.pth"
+    models = {"fast.yaml's": fast[0]["path"], "the bundled (base.yaml's)": BUNDLED}
     for name, path in models.items():
         rate = eval_throughput(path, args.data_dir)
         ref_rate = rate["reference"]
