@@ -241,6 +241,22 @@ def test_report_from_a_model_file(
     assert_png(tmp_path / "confusion.png", SIZES["confusion"])
 
 
+def test_report_of_a_run_that_logged_no_step(
+    quick_fit: Callable[..., tuple[dict[str, Any], list[str]]],
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    result, _ = quick_fit("train.log_every=100")  # 8 steps: none logged, steps.csv bare
+    run = Path(result["run_dir"])
+    with open(run / STEPS) as f:
+        assert list(csv.DictReader(f)) == []
+    code, _, err = cli(capsys, "report", run, "-o", tmp_path / "report", "--data-dir", data_dir)
+    assert code == 0, err
+    for name in ("curves", "lr"):
+        assert_png(tmp_path / "report" / f"{name}.png", SIZES[name])
+
+
 def test_report_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = cli(capsys, "report", tmp_path / "nope")
     assert (code, err) == (1, f"mnistcnn: error: run not found: {tmp_path / 'nope'}\n")

@@ -14,7 +14,7 @@ from torch import nn
 
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config import build as config_mod
-from mnistcnn.files import atomic_write_text
+from mnistcnn.files import atomic_write_text, read_csv
 from mnistcnn.model.nets import DigitNet
 from mnistcnn.model.summary import count_parameters, probe
 from mnistcnn.report import figures
@@ -139,7 +139,7 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else run.report_dir
     cfg = config_mod.from_dict(config_mod.read_yaml_file(run.config))
     rows = read_rows(run.metrics)
-    steps = read_rows(run.steps) if run.steps is not None else []
+    steps = read_csv(run.steps) if run.steps is not None else []  # none when no step was logged
     model = load_model(run.model)
     pngs = _render(model, rows, steps, data_dir or cfg.data.root, out)
     summary = "".join(f"<tr>{_cells([k, v])}</tr>" for k, v in _summary(model, rows).items())

@@ -55,7 +55,7 @@ def find_run(path: str | Path) -> Run:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a run's metrics.csv or steps.csv (at least one)."""
+    """The rows of a run's metrics.csv (at least one epoch)."""
     rows = read_csv(path)
     if not rows:
         raise MnistCnnError(f"no epochs in {path}")
