@@ -144,6 +144,16 @@ def test_bad_search_section_is_one_config_error(
     assert main(["tune", "--config", str(path)]) == 1
 
 
+def test_a_yaml_date_in_a_training_section_is_one_config_error(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tune_file(tmp_path, data_dir, {"n_trials": 1, "space": {"optim.lr": {"choice": [1]}}})
+    path.write_text(path.read_text().replace("epochs: 3", "epochs: 2020-01-01"))
+    assert main(["tune", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "mnistcnn: error: train.epochs: expected int, got '2020-01-01'\n"
+
+
 def test_mapping_choices_and_stepped_ranges(tmp_path: Path, data_dir: Path) -> None:
     import optuna
 

@@ -129,7 +129,7 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
     search = merge(search, parse_overrides(search_sets).get("search", {}), by_name=False)
     # The file's sections go in as one layer of section-wide sets, so searched and fixed values
     # layer exactly as `--config` + `--set` do (a renamed component drops its old arguments).
-    file_layer = [f"{section}={json.dumps(value)}" for section, value in raw.items()]
+    file_layer = [f"{section}={json.dumps(value, default=str)}" for section, value in raw.items()]
     base_sets = [s for s in sets if s not in search_sets]
     base = replace_config(replace_config(Config(), file_layer), base_sets)
     if "space" in search:
