@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from mnistcnn.errors import ConfigError, TrainingError
 
@@ -116,6 +118,36 @@ def process_group(world: World, device: torch.device, timeout: float) -> Iterato
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """The module to train: DDP around `model` when there are several processes."""
+    if not world.distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_buffers(model: nn.Module, world: World) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), the ones rank 0 saves."""
+    if world.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def barrier(world: World) -> None:
+    """Wait until every process gets here."""
+    if world.distributed:
+        dist.barrier()
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """Every process's `obj` on rank 0 (others get []); `[obj]` for one process."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * world.size if world.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
 
 
 def mean_over_ranks(values: dict[str, float], world: World, weight: float = 1) -> dict[str, float]:

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
 from mnistcnn.calibrate import calibrate_model
@@ -118,10 +116,7 @@ class Run:
         self.eval_batch = cfg.data.eval_batch_size or inference_batch(model, device)
         # The model through torch.compile (if asked) validates; in DDP (several processes) trains.
         self.compiled = torch.compile(model) if cfg.train.compile else model
-        self.runner = self.compiled
-        if world.distributed:
-            ids = [device.index] if device.type == "cuda" else None
-            self.runner = nn.parallel.DistributedDataParallel(self.compiled, device_ids=ids)
+        self.runner = distributed.wrap(self.compiled, world, device)
         self.loss_fn = build.build_loss(cfg)
         self.optimizer = build.build_optimizer(cfg, model)
         # Each process draws its own augmentations and dropout masks; rank 0 those of one process.
@@ -233,11 +228,8 @@ class Run:
                 **speed,
             )
         train = distributed.mean_over_ranks(train, world)
-        # Validate rank 0's weights (the ones saved: its BatchNorm statistics to all), each
-        # process a slice of the split.
-        if world.distributed:
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, 0)
+        # Validate rank 0's weights (the ones saved), each process a slice of the split.
+        distributed.sync_buffers(self.model, world)
         val = self.splits.val
         part = Split(val.images[world.rank :: world.size], val.labels[world.rank :: world.size])
         scores = loops.evaluate(self.compiled, part, self.eval_batch, self.device, **speed)
@@ -252,11 +244,7 @@ class Run:
 
     def _save(self, epoch: int) -> None:
         """Save the epoch: checkpoint (first: whoever finds the model finds it), model, metrics."""
-        rng = rng_state(self.generators)
-        rngs: list[Any] | None = [rng]
-        if self.world.distributed:  # every process's, on rank 0 (the others get None)
-            rngs = [None] * self.world.size if self.world.main else None
-            dist.gather_object(rng, rngs, dst=0)
+        rngs = distributed.gather(rng_state(self.generators), self.world)
         improved = self.best["epoch"] == epoch
         if self.world.main:
             folder = self.runlog.folder
@@ -278,8 +266,7 @@ class Run:
             if improved:
                 save_model(self.model, self.paths["model"])
             write_csv(self.paths["metrics"], self.history)
-        if self.world.distributed:  # a process that dies later leaves this epoch saved
-            dist.barrier()
+        distributed.barrier(self.world)  # a process that dies later leaves this epoch saved
         self.runlog.epoch(self.history, self.paths["model"] if improved else None)
 
     def finish(self, started: float) -> Row:
