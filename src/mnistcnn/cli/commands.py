@@ -42,6 +42,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return sets
 
 
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    """The result as JSON with --json, else as text (both on stdout)."""
+    if args.json:
+        print_json(data)
+    else:
+        stdout(text)
+
+
 def _models(given: list[str] | None) -> list[str]:
     """The model files given, each once (several: an ensemble), else the default (noted)."""
     if not given:
@@ -89,11 +97,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
     if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
-    print_json(result) if args.json else stdout(
+    _print(
+        args,
+        result,
         f"test accuracy {100 * result['test_accuracy']:.2f} %  (best epoch {result['epoch']})\n"
         f"temperature {result['temperature']:.4f}: validation ECE "
         f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
-        f"saved {result['model']}"
+        f"saved {result['model']}",
     )
     return 0
 
@@ -113,7 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lines += format_ensemble(report["ensemble"], report["accuracy"])
     else:
         lines += format_calibration(report["calibration"])
-    print_json(report) if args.json else stdout("\n".join(lines))
+    _print(args, report, "\n".join(lines))
     if args.save_confusion:
         import numpy as np
 
@@ -135,10 +145,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     model.meta = {**model.meta, **fitted}
     save_model(model, args.model)
-    print_json({**fitted, "split": split, "model": args.model}) if args.json else stdout(
+    _print(
+        args,
+        {**fitted, "split": split, "model": args.model},
         f"temperature {fitted['temperature']:.4f} (with --tta {fitted['tta_temperature']:.4f}"
         f"), fitted on {split}\nvalidation ECE {100 * fitted['val_ece']:.2f} % -> "
-        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}"
+        f"{100 * fitted['val_ece_calibrated']:.2f} %; saved in {args.model}",
     )
     return 0
 
@@ -162,11 +174,8 @@ def _number_line(p: Any) -> str:
     return f"{p.path}: {p.number}  {_confidence(p)}  {digits}"
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    paths = _models(args.model)
-    onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
-    if onnx and len(paths) > 1:
-        raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")
+def _check_predict_flags(args: argparse.Namespace, onnx: bool) -> None:
+    """Refuse flags that need what the model cannot give (torch, single digits, a save folder)."""
     if args.explain and not args.save_preprocessed:
         raise ConfigError("--explain needs --save-preprocessed DIR: the maps go beside the views")
     if args.explain and (args.multi or onnx):
@@ -175,6 +184,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--tta works with a .pth model (its views need torch)")
     if args.multi and onnx:
         raise MnistCnnError("--multi reads numbers with a .pth model, not an .onnx one")
+
+
+def _note_uncalibrated(raw: list[str], results: list) -> None:
+    """After any answer from a model without a temperature: say its p is not calibrated."""
+    if raw and any(not p.error for p in results):
+        has, its = ("has", "its") if len(raw) == 1 else ("have", "their")
+        fix = "; ".join(f"mnistcnn calibrate {path}" for path in raw)
+        stderr(
+            f"mnistcnn: note: {', '.join(raw)} {has} no stored temperature, so {its} "
+            f"probabilities are the raw softmax (uncalibrated); store one with: {fix}"
+        )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    paths = _models(args.model)
+    onnx = any(Path(p).suffix.lower() == ".onnx" for p in paths)
+    if onnx and len(paths) > 1:
+        raise ConfigError("an ensemble (-m repeated) is of .pth models, not .onnx ones")
+    _check_predict_flags(args, onnx)
     from mnistcnn.predict.files import DIGITS, load_onnx, predict_paths
 
     if onnx:  # onnxruntime: torch is never imported
@@ -206,13 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             stderr(f"mnistcnn: error: {p.error}")
         elif not args.json:
             stdout(_number_line(p) if args.multi else _label_line(p))
-    if raw and any(not p.error for p in results):
-        has, its = ("has", "its") if len(raw) == 1 else ("have", "their")
-        fix = "; ".join(f"mnistcnn calibrate {path}" for path in raw)
-        stderr(
-            f"mnistcnn: note: {', '.join(raw)} {has} no stored temperature, so {its} "
-            f"probabilities are the raw softmax (uncalibrated); store one with: {fix}"
-        )
+    _note_uncalibrated(raw, results)
     if args.explain:
         from mnistcnn.predict.classify import explain_predictions
 
@@ -241,7 +263,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     how = {k: getattr(args, k) for k in ("quantize", "data_dir", "calibration", "overwrite")}
     report = export_model(args.model, args.output, fmt=args.format, fuse_bn=args.fuse, **how)
-    print_json(dataclasses.asdict(report)) if args.json else stdout(format_export(report))
+    _print(args, dataclasses.asdict(report), format_export(report))
     return 0
 
 
@@ -257,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mnistcnn.report.runs import compare_runs, format_comparison
 
     table = compare_runs(args.runs, args.plot)
-    print_json(table) if args.json else stdout(format_comparison(table))
+    _print(args, table, format_comparison(table))
     stderr(f"saved {args.plot}")
     return 0
 
@@ -271,7 +293,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     search = [f"search.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     sets = [*_overrides(args), *search]
     report = run_study(load_tune_config(args.config, sets), jobs=args.jobs, quiet=args.quiet)
-    print_json(dataclasses.asdict(report)) if args.json else stdout(format_study(report))
+    _print(args, dataclasses.asdict(report), format_study(report))
     return 0
 
 
@@ -289,5 +311,5 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, _overrides(args))
     model = build_model(cfg.model.name, dict(cfg.model.kwargs), cfg.data.mean, cfg.data.std)
-    print_json(layer_table(model)) if args.json else stdout(format_layer_table(model))
+    _print(args, layer_table(model), format_layer_table(model))
     return 0
