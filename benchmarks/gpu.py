@@ -4,8 +4,9 @@ baseline timed beside it.
     python benchmarks/gpu.py --data-dir ../shared/data [--seeds 3] [--skip-base]
 
 1. Time to 99 %: the common PyTorch example's recipe (benchmarks/reference.py, each batch copied
-   to the GPU as the example's --cuda does) vs configs/fast.yaml on the GPU over several seeds,
-   with autocast (the default: bf16 where the GPU has it), in float32, and with torch.compile.
+   to the GPU as the example's --cuda does) vs configs/fast.yaml on the GPU over several seeds
+   (each step after the third replayed as a CUDA graph, bf16 autocast: the defaults), then seed
+   0 with eager steps, in float32, and with torch.compile.
 2. The same seed twice: are the GPU's weights bitwise equal, as the CPU's are?
 3. configs/base.yaml on the GPU: test accuracy and training time.
 4. Eval throughput: the example's test loop vs `mnistcnn eval`'s path, both on the GPU.
@@ -68,6 +69,7 @@ def main() -> None:
     amp = str(autocast_dtype(device)).removeprefix("torch.")
     seconds = statistics.median(r["train_seconds"] for r in runs)
     accs = [100 * r["test_accuracy"] for r in runs]
+    eager = fast("eager.pth", "train.cuda_graphs=false")
     fp32 = fast("fp32.pth", "train.amp=false")
     compiled = fast("compiled.pth", "train.compile=true")
     rows = [
@@ -84,7 +86,12 @@ def main() -> None:
             + " %",
         ),
     ]
-    for label, run in (("float32 (train.amp=false)", fp32), ("train.compile=true", compiled)):
+    variants = (
+        ("eager steps, no CUDA graph (train.cuda_graphs=false)", eager),
+        ("float32 (train.amp=false)", fp32),
+        ("train.compile=true", compiled),
+    )
+    for label, run in variants:
         rows.append(
             (
                 f"fast.yaml, seed 0, {label}: training time (s)",

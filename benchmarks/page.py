@@ -35,8 +35,9 @@ def _git(*args: str) -> str:
 
 
 def commit() -> str:
-    """The short HEAD commit, with "+dirty" when tracked files differ from it."""
-    head = _git("rev-parse", "--short", "HEAD") or "unknown"
+    """The short HEAD commit, with "+dirty" when tracked files differ from it; in a copy of the
+    tree without git (a lent GPU machine), $MNISTCNN_COMMIT as the copier names it."""
+    head = _git("rev-parse", "--short", "HEAD") or os.environ.get("MNISTCNN_COMMIT", "unknown")
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 

@@ -103,6 +103,7 @@ class TrainConfig:
     threads: int = 0
     amp: bool = True
     compile: bool = False
+    cuda_graphs: bool = True
     channels_last: bool = True
     log_every: int = 50
     run_dir: str | None = "runs"

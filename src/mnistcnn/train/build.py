@@ -142,7 +142,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Mixed precision on `device` if `enabled` and it pays off there (see autocast_dtype)."""
+def autocast(
+    device: torch.device, enabled: bool, cache: bool = True
+) -> contextlib.AbstractContextManager:
+    """Mixed precision on `device` if `enabled` and it pays off there (see autocast_dtype);
+    `cache`: keep each weight's cast copy for the context's duration."""
     dtype = autocast_dtype(device) if enabled else None
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

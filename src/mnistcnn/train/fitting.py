@@ -27,6 +27,7 @@ from mnistcnn.model.nets import build_model
 from mnistcnn.model.summary import count_parameters, fuse, inference_batch
 from mnistcnn.train import build, distributed, loops
 from mnistcnn.train.distributed import World
+from mnistcnn.train.graphs import StepGraph
 from mnistcnn.train.runlog import RunLog
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ class Run:
         else:
             self.loader = train_loader(splits.train, cfg.data.batch_size, self.generators["order"])
         self.scheduler = build.build_scheduler(cfg, self.optimizer, len(self.loader))
+        # CUDA graphs for one process's eager model (torch.compile and DDP have their own).
+        graphed = cfg.train.cuda_graphs and device.type == "cuda"
+        alone = not (world.distributed or cfg.train.compile)
+        self.graph = StepGraph(self.generators["augment"]) if graphed and alone else None
         self.history: list[Row] = []
         self.best: Row = {"val_accuracy": -1.0}
         self.start = 1  # the first epoch to train
@@ -225,6 +230,7 @@ class Run:
                 progress=bar,
                 epoch=epoch,
                 on_log=self.runlog.step_logger(epoch, steps),
+                graph=self.graph,
                 **speed,
             )
         train = distributed.mean_over_ranks(train, world)

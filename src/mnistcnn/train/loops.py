@@ -3,6 +3,7 @@ batches, `predict_logits` and `evaluate` over a split."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,7 @@ from mnistcnn.errors import TrainingError
 from mnistcnn.model.nets import DigitNet
 from mnistcnn.model.summary import count_batchnorms, fuse, inference_batch
 from mnistcnn.train.build import autocast
+from mnistcnn.train.graphs import StepGraph
 
 
 def train_one_epoch(
@@ -35,13 +37,25 @@ def train_one_epoch(
     progress: tqdm | None = None,
     epoch: int = 1,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    graph: StepGraph | None = None,
 ) -> dict[str, float]:
     """One pass over `batches` of (uint8 images, labels); returns mean loss and accuracy."""
     # Losses stay on the device and are checked (and shown) every `log_every` steps, so the
     # loop does not sync each batch; `on_log(step, {loss, accuracy, lr, grad_norm})` then gets
     # the window's means and that step's gradient norm. `scheduler` steps after every batch.
+    # `graph` (CUDA) replays each batch's forward and backward as one captured graph.
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    body = functools.partial(
+        forward_backward,
+        model,
+        loss_fn=loss_fn,
+        device=device,
+        augment=augment,
+        generator=generator,
+        amp=amp,
+        memory_format=memory_format,
+    )
     losses: list[torch.Tensor] = []
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = checked = 0
@@ -70,16 +84,13 @@ def train_one_epoch(
         checked = upto
 
     for step, (images, labels) in enumerate(batches, 1):
-        images = to_float(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        if augment is not None:
-            images = augment_batch(images, augment, generator)
-        images = images.contiguous(memory_format=memory_format)
-        with autocast(device, amp):
-            logits = model(images)
-            loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if graph is None:
+            optimizer.zero_grad(set_to_none=True)
+            loss, right = body(images, labels)
+        else:
+            loss, right = graph(body, images, labels, optimizer)
         if on_log is not None and step % log_every == 0:
             grad_norm = nn.utils.get_total_norm(
                 [p.grad for p in model.parameters() if p.grad is not None]
@@ -87,14 +98,40 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        losses.append(loss.detach())
-        correct += (logits.argmax(1) == labels).sum()
+        losses.append(loss)
+        correct += right
         seen += len(labels)
         if step % log_every == 0:
             check(step, log=True)
     if len(losses) > checked:
         check(len(losses), log=False)
     return {"loss": torch.stack(losses).mean().item(), "accuracy": correct.item() / seen}
+
+
+def forward_backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    loss_fn: nn.Module,
+    device: torch.device,
+    augment: AugmentConfig | None,
+    generator: torch.Generator | None,
+    amp: bool,
+    memory_format: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of uint8 images augmented, scored and back-propagated (gradients accumulate into
+    the parameters'); its loss and number of right answers, on the device."""
+    images = to_float(images)
+    if augment is not None:
+        images = augment_batch(images, augment, generator)
+    images = images.contiguous(memory_format=memory_format)
+    # No cast-weight cache: a CUDA graph cannot capture one, and each weight is cast once a step.
+    with autocast(device, amp, cache=False):
+        logits = model(images)
+        loss = loss_fn(logits.float(), labels)
+    loss.backward()
+    return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
 @torch.inference_mode()
