@@ -35,9 +35,11 @@ def _git(*args: str) -> str:
 
 
 def commit() -> str:
-    """The short HEAD commit, with "+dirty" when tracked files differ from it; in a copy of the
-    tree without git (a lent GPU machine), $MNISTCNN_COMMIT as the copier names it."""
-    head = _git("rev-parse", "--short", "HEAD") or os.environ.get("MNISTCNN_COMMIT", "unknown")
+    """The short HEAD commit, with "+dirty" when tracked files differ from it; $MNISTCNN_COMMIT
+    where set (a copy of the tree whose .git is not its own, as on a lent GPU machine)."""
+    if named := os.environ.get("MNISTCNN_COMMIT"):
+        return named
+    head = _git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
