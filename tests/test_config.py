@@ -156,6 +156,7 @@ def test_wrong_type_names_the_key(override: str, key: str) -> None:
         ("data.augment.translate=1", "data.augment.translate"),
         ("data.augment.scale=-0.1", "data.augment.scale"),
         ("data.augment.ink=1.5", "data.augment.ink"),
+        ("data.augment.lowres=-0.1", "data.augment.lowres"),
     ],
 )
 def test_out_of_range_value_names_the_key(override: str, key: str) -> None:

@@ -11,15 +11,18 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mnistcnn import data
 from mnistcnn.config.schema import AugmentConfig, DataConfig
 from mnistcnn.data import (
+    COARSE_SIDES,
     RAW_FILES,
     Split,
     TensorDigits,
     augment_batch,
+    coarsen,
     default_cache_dir,
     eval_batches,
     load_mnist,
@@ -418,3 +421,46 @@ def test_augment_batch_runs_each_part_only_when_asked(mnist_test: Split) -> None
     affine_only = AugmentConfig(ink=0)
     moved = augment_batch(images, affine_only, torch.Generator().manual_seed(0))
     assert torch.equal(moved, random_affine(images, affine_only, torch.Generator().manual_seed(0)))
+
+
+def centre(image: torch.Tensor) -> torch.Tensor:
+    """The (row, column) centre of mass of a (1, H, W) image, in pixels."""
+    rows, cols = torch.meshgrid(
+        *(torch.arange(n, dtype=image.dtype) for n in image.shape[1:]), indexing="ij"
+    )
+    return torch.stack([(rows * image[0]).sum(), (cols * image[0]).sum()]) / image.sum()
+
+
+def test_coarsen_redraws_its_share_from_one_of_the_coarse_sides(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:256])
+    out = coarsen(images, 0.5, torch.Generator().manual_seed(3))
+    changed = (out != images).flatten(1).any(1)
+    assert 0.4 < changed.float().mean() < 0.6
+    candidates = [
+        F.interpolate(
+            F.interpolate(images, size=(side, side), mode="area"), size=(28, 28), mode="bilinear"
+        )
+        for side in COARSE_SIDES
+    ]
+    used = set()
+    for i in changed.nonzero().flatten().tolist():
+        (side,) = [
+            s for s, c in zip(COARSE_SIDES, candidates, strict=True) if torch.equal(out[i], c[i])
+        ]
+        used.add(side)
+        # Averaged down and enlarged back: the ink is blurred, not moved.
+        assert out[i].max() <= images[i].max()
+        assert torch.allclose(centre(out[i]), centre(images[i]), atol=1.0)
+    assert used == set(COARSE_SIDES)
+    assert torch.equal(out, coarsen(images, 0.5, torch.Generator().manual_seed(3)))
+    assert torch.equal(coarsen(images, 0.0), images)
+
+
+def test_augment_batch_coarsens_before_the_ink_redraw(mnist_test: Split) -> None:
+    images = to_float(mnist_test.images[:64])
+    lowres = AugmentConfig(degrees=0, translate=0, scale=0, ink=1, lowres=1)
+    assert lowres.active and not lowres.affine
+    out = augment_batch(images, lowres, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    expected = redraw_ink(coarsen(images, 1, generator), 1, generator)
+    assert torch.equal(out, expected)

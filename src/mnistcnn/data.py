@@ -33,6 +33,8 @@ RAW_FILES = tuple(OFFICIAL_MD5)
 # 0.7 drops them and thins), and the blur of the copy that draws a marker's thicker strokes.
 INK_LEVELS = (0.2, 0.7)
 INK_BLUR = 0.8
+# coarsen: the 28 px frame redrawn from these sides (a digit of 8-16 px in a scan).
+COARSE_SIDES = (11, 14, 18, 22)
 
 
 def default_cache_dir() -> Path:
@@ -297,10 +299,29 @@ def redraw_ink(images: Tensor, share: float, generator: Generator | None = None)
     return torch.where(chosen, shape, images)
 
 
+def coarsen(images: Tensor, share: float, generator: Generator | None = None) -> Tensor:
+    """Redraw a random `share` of a float batch (N, 1, 28, 28) from a coarse copy, as a digit
+    scanned at a few pixels reaches the model: averaged down, then enlarged back smoothly."""
+    # Every coarse side is made for the whole batch and each image takes one (no host sync: a
+    # CUDA graph can replay it). MNIST's digit fills 20 of the 28 px, so the 28 px frame at 11-22
+    # px holds a digit 8-16 px tall: the low resolutions photos are read from.
+    n, _, height, width = images.shape
+    pick = torch.randint(len(COARSE_SIDES), (n, 1, 1, 1), generator=generator, device=images.device)
+    chosen = torch.rand(n, 1, 1, 1, generator=generator, device=images.device) < share
+    out = images
+    for index, side in enumerate(COARSE_SIDES):
+        low = F.interpolate(images, size=(side, side), mode="area")
+        back = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+        out = torch.where(chosen & (pick == index), back, out)
+    return out
+
+
 def augment_batch(images: Tensor, cfg: AugmentConfig, generator: Generator | None = None) -> Tensor:
-    """The training augmentation of a float batch: `random_affine`, then `redraw_ink`."""
+    """The training augmentation of a float batch: `random_affine`, `coarsen`, `redraw_ink`."""
     if cfg.affine:
         images = random_affine(images, cfg, generator)
+    if cfg.lowres:
+        images = coarsen(images, cfg.lowres, generator)
     if cfg.ink:
         images = redraw_ink(images, cfg.ink, generator)
     return images

@@ -29,6 +29,7 @@ class AugmentConfig:
     scale: float = 0.1
     ink: float = 0.75  # share of images redrawn as thresholded ink (see data.redraw_ink)
     elastic: float = 0.0  # pixels a smooth random field may bend strokes by (0: none)
+    lowres: float = 0.0  # share of images redrawn from a coarse copy (see data.coarsen)
 
     def __post_init__(self) -> None:
         check(0 <= self.degrees <= 180, "data.augment.degrees must be in [0, 180]")
@@ -36,6 +37,7 @@ class AugmentConfig:
         check(0 <= self.scale < 1, "data.augment.scale must be in [0, 1)")
         check(0 <= self.ink <= 1, "data.augment.ink must be in [0, 1]")
         check(0 <= self.elastic <= 4, "data.augment.elastic must be in [0, 4] pixels")
+        check(0 <= self.lowres <= 1, "data.augment.lowres must be in [0, 1]")
 
     @property
     def affine(self) -> bool:
@@ -43,7 +45,7 @@ class AugmentConfig:
 
     @property
     def active(self) -> bool:
-        return self.affine or bool(self.ink)
+        return self.affine or bool(self.ink or self.lowres)
 
 
 @dataclass(frozen=True)
