@@ -27,6 +27,10 @@ VARIANTS = {
         "rotation 15 degrees, shift 0.12, zoom 0.15 (10, 0.1, 0.1)",
         ["data.augment.degrees=15", "data.augment.translate=0.12", "data.augment.scale=0.15"],
     ),
+    "lowres25": (
+        "a quarter of the images redrawn from a coarse copy (a digit of 8-16 px)",
+        ["data.augment.lowres=0.25"],
+    ),
     "ink25": ("a quarter of the images redrawn as photo ink (3 in 4)", ["data.augment.ink=0.25"]),
     "lr02": ("peak rate 0.2 (0.1)", ["optim.lr=0.2", "sched.max_lr=0.2"]),
     "drop0": ("no dropout (0.1)", ["model.dropout=0.0"]),
