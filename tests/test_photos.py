@@ -336,6 +336,17 @@ def test_a_page_edge_beside_the_digit_is_erased_whole(
     _assert_found(photo)
 
 
+def test_a_broad_marker_filling_its_frame_is_the_ink_not_its_holes(
+    test_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    # benchmarks/photos.py's thick photo 67 (seed 0): an 8 in a broad dark marker filling the
+    # frame; the paper left in its loops and corners is the narrower side, so stroke width alone
+    # took the paper for ink and read one loop (as a 2).
+    photo = next(itertools.islice(photogen.photo_set(*test_digits, "thick", 200, 0), 67, None))
+    assert photo.label == "8"
+    _assert_found(photo)
+
+
 def _assert_found(photo: photogen.Photo) -> None:
     """The digit found in a photo is the ink the generator drew, give or take a little."""
     found = preprocess_image(Image.open(io.BytesIO(photo.data)))
