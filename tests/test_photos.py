@@ -21,8 +21,9 @@ from PIL import Image, ImageDraw
 
 from mnistcnn.errors import ImageError
 from mnistcnn.model.nets import DigitNet
-from mnistcnn.photo.decode import DRAFT_SIDE, open_image
+from mnistcnn.photo.decode import DRAFT_SIDE, open_image, to_working
 from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image, steps_panel
+from mnistcnn.photo.ink import dark_ink
 from mnistcnn.predict.classify import classify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -345,6 +346,22 @@ def test_a_broad_marker_filling_its_frame_is_the_ink_not_its_holes(
     photo = next(itertools.islice(photogen.photo_set(*test_digits, "thick", 200, 0), 67, None))
     assert photo.label == "8"
     _assert_found(photo)
+
+
+@pytest.mark.slow
+def test_a_page_strip_between_dark_bands_is_paper_not_a_broad_stroke(
+    test_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    # benchmarks/photos.py's --multi photo 609 (seed 0): "4111" in dark ink on a strip of page
+    # between two bands of a dark table. The strip is one elongated light piece among dark
+    # ones, as a broad light marker would be, but it runs along the frame's sides: paper.
+    rows = photogen.photo_set(
+        *test_digits, "multi", 1000, 0, digits=4, conditions=photogen.ROW_CONDITIONS
+    )
+    photo = next(itertools.islice(rows, 609, None))
+    assert photo.label == "4111"
+    rgb, _ = to_working(Image.open(io.BytesIO(photo.data)))
+    assert dark_ink(np.asarray(Image.fromarray(rgb).convert("L"), np.float32) / 255)
 
 
 def _assert_found(photo: photogen.Photo) -> None:

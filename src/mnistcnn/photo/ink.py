@@ -114,14 +114,19 @@ def dark_ink(luminance: np.ndarray) -> bool:
 
 def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
     """Whether `stroke` is one elongated piece that cuts `other` into three or more (pieces
-    under 0.5 % of the frame left out): a broad marker's digit, filling its frame."""
+    under 0.5 % of the frame left out) and runs along no side for half of it: a broad marker's
+    digit, filling its frame."""
     least = 0.005 * stroke.size
     labels, count = ndimage.label(stroke, structure=np.ones((3, 3)))
     areas = ndimage.sum_labels(stroke, labels, np.arange(1, count + 1))
     others = ndimage.label(other, structure=np.ones((3, 3)))[0]
     if (areas >= least).sum() != 1 or (np.bincount(others.ravel())[1:] >= least).sum() < 3:
         return False
-    piece = np.pad(labels == int(np.argmax(areas)) + 1, 1)
+    piece = labels == int(np.argmax(areas)) + 1
+    sides = (piece[0], piece[-1], piece[:, 0], piece[:, -1])
+    if max(float(side.mean()) for side in sides) >= 0.5:  # along half a side: a page, not ink
+        return False
+    piece = np.pad(piece, 1)
     return (
         float(areas.max()) / ndimage.distance_transform_edt(piece).max() ** 2 >= STROKE_ELONGATION
     )
