@@ -321,7 +321,7 @@ def test_a_sharp_shadow_edge_is_not_ink(test_digits: tuple[np.ndarray, np.ndarra
     # benchmarks/photos.py's shadow photo 61 of seed 1, an 8 with a hard-edged shadow across
     # it: the paper's estimate ran a few pixels past the step into the shadow, and the line of
     # "ink" left along it was joined to the 8 (read 7).
-    photo = next(itertools.islice(photogen.photo_set(*test_digits, "shadow", 200, 1), 61, None))
+    photo = _nth(test_digits, "shadow", 1, 61)
     assert photo.label == "8"
     _assert_found(photo)
 
@@ -332,7 +332,7 @@ def test_a_page_edge_beside_the_digit_is_erased_whole(
     # benchmarks/photos.py's border photo 3 (seed 0): the page edge, tilted 3.4 degrees, leaves
     # a rim of ink 6-7 px wide whose 1 px vote lies a pixel off its middle. Erased in a fixed
     # band, a sliver remained beside the 0, in pieces, and was joined to it (read 9).
-    photo = next(itertools.islice(photogen.photo_set(*test_digits, "border", 200, 0), 3, None))
+    photo = _nth(test_digits, "border", 0, 3)
     assert photo.label == "0"
     _assert_found(photo)
 
@@ -343,7 +343,7 @@ def test_a_broad_marker_filling_its_frame_is_the_ink_not_its_holes(
     # benchmarks/photos.py's thick photo 67 (seed 0): an 8 in a broad dark marker filling the
     # frame; the paper left in its loops and corners is the narrower side, so stroke width alone
     # took the paper for ink and read one loop (as a 2).
-    photo = next(itertools.islice(photogen.photo_set(*test_digits, "thick", 200, 0), 67, None))
+    photo = _nth(test_digits, "thick", 0, 67)
     assert photo.label == "8"
     _assert_found(photo)
 
@@ -355,13 +355,23 @@ def test_a_page_strip_between_dark_bands_is_paper_not_a_broad_stroke(
     # benchmarks/photos.py's --multi photo 609 (seed 0): "4111" in dark ink on a strip of page
     # between two bands of a dark table. The strip is one elongated light piece among dark
     # ones, as a broad light marker would be, but it runs along the frame's sides: paper.
-    rows = photogen.photo_set(
-        *test_digits, "multi", 1000, 0, digits=4, conditions=photogen.ROW_CONDITIONS
-    )
-    photo = next(itertools.islice(rows, 609, None))
+    photo = _nth(test_digits, "multi", 0, 609, 1000, digits=4, conditions=photogen.ROW_CONDITIONS)
     assert photo.label == "4111"
     rgb, _ = to_working(Image.open(io.BytesIO(photo.data)))
     assert dark_ink(np.asarray(Image.fromarray(rgb).convert("L"), np.float32) / 255)
+
+
+def _nth(
+    test_digits: tuple[np.ndarray, np.ndarray],
+    condition: str,
+    seed: int,
+    index: int,
+    count: int = 200,
+    **kwargs: Any,
+) -> photogen.Photo:
+    """Photo `index` of benchmarks/photos.py's set for `condition` and `seed`."""
+    every = photogen.photo_set(*test_digits, condition, count, seed, **kwargs)
+    return next(itertools.islice(every, index, None))
 
 
 def _assert_found(photo: photogen.Photo) -> None:

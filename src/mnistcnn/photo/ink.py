@@ -23,8 +23,9 @@ Box = tuple[int, int, int, int]
 LIGHT_INK_ODDS = 10.0
 # A broad marker filling the frame: its side is one piece this elongated (area over its widest
 # spot's radius squared), the other side cut by it into three or more. Over 200 generated
-# photos of each condition the marker digits measured 13-46; the paper between a vignette's
-# dark corners, which also reads as one piece among dark ones, 5-13.
+# photos of each condition, where such a piece was the ink it measured 8-46 (the two whose
+# polarity this decides: 20 and 21); where it was paper (between a vignette's dark corners,
+# a page strip between a table's bands), 5-13.
 STROKE_ELONGATION = 16.0
 # The paper's brightness is estimated over windows this fraction of the longer side: wider than
 # a marker stroke filling the frame; ramps, hills and steps of light survive the closing.
