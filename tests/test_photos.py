@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from mnistcnn.bundled import BUNDLED
+from mnistcnn.checkpoint import load_model
 from mnistcnn.errors import ImageError
 from mnistcnn.model.nets import DigitNet
-from mnistcnn.photo.decode import DRAFT_SIDE, open_image, to_working
+from mnistcnn.photo.decode import DRAFT_SIDE, _unblocked, open_image, to_working
 from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image, steps_panel
 from mnistcnn.photo.ink import dark_ink
 from mnistcnn.predict.classify import classify
@@ -359,6 +361,100 @@ def test_a_page_strip_between_dark_bands_is_paper_not_a_broad_stroke(
     assert photo.label == "4111"
     rgb, _ = to_working(Image.open(io.BytesIO(photo.data)))
     assert dark_ink(np.asarray(Image.fromarray(rgb).convert("L"), np.float32) / 255)
+
+
+# --- low-resolution scans (issue #25) ------------------------------------------------------
+
+
+def _scan(digit: np.ndarray, low: int, side: float, resample: Image.Resampling) -> Image.Image:
+    """An MNIST digit as dark ink on white paper scanned at `low` px, without its margin,
+    enlarged to `side` px."""
+    rows, cols = np.flatnonzero(digit.max(1)), np.flatnonzero(digit.max(0))
+    digit = 255 - digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = low / max(digit.shape)
+    small = Image.fromarray(digit).resize(
+        (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale))),
+        Image.Resampling.BOX,
+    )
+    scale = side / low
+    return small.resize((round(small.width * scale), round(small.height * scale)), resample)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_an_enlarged_scan_is_shrunk_back_to_its_blocks(
+    suffix: str, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # 10 px enlarged 21.6 times (blocks of 21 and 22 px), the strokes' steps strong and weak,
+    # some gaps between changes spanning several blocks, and JPEG's ringing: 3 of these 20
+    # stayed blocks when every gap had to be one block to a pixel.
+    path = tmp_path / f"scan{suffix}"
+    for digit in test_digits[0][:20]:
+        scan = _scan(digit, 10, 216, Image.Resampling.NEAREST)
+        scan.save(path, quality=85)
+        assert _unblocked(open_image(path)).size == (round(scan.width / 21.6), 10)
+
+
+def test_a_photo_is_not_taken_for_blocks(
+    first_photos: dict[str, list[tuple[Path, photogen.Photo]]],
+) -> None:
+    # Ruled and squared paper change at regular steps too; no photo is enlarged blocks.
+    for condition, ((path, _),) in first_photos.items():
+        if condition != "lowres_nearest":
+            img = open_image(path)
+            assert _unblocked(img).size == img.size, condition
+
+
+def _greys(crop: np.ndarray) -> float:
+    """The share of a shape's ink that is grey (between 0.05 and 0.95)."""
+    return float(((crop > 0.05) & (crop < 0.95)).sum() / (crop > 0.05).sum())
+
+
+def test_a_low_resolution_digit_keeps_its_grey(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # Scanned at 9 px and enlarged smoothly, its strokes are a pixel wide and grey where they
+    # fall between pixels: thresholded, they broke into pieces. Its grey is kept instead; the
+    # same digit sharp, or small and blurred in a larger photo, is redrawn as a clean shape.
+    digit = test_digits[0][0]
+    path = tmp_path / "digit.png"
+    _scan(digit, 9, 300, Image.Resampling.BICUBIC).save(path)
+    assert _greys(_crop(preprocess(path))) > 0.3
+    _scan(digit, 28, 300, Image.Resampling.BICUBIC).save(path)
+    assert _greys(_crop(preprocess(path))) < 0.15
+    small = Image.new("L", (600, 600), 255)
+    small.paste(_scan(digit, 9, 40, Image.Resampling.BICUBIC), (280, 280))
+    small.save(path)
+    assert _greys(_crop(preprocess(path))) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("condition", "seed", "misread"),
+    [
+        # a 4 read as 2 (its strokes thresholded into pieces), a 3 as 8 and a 9 as 4 (JPEGs
+        # whose blocks were not seen as such)
+        ("lowres_nearest", 0, {113: "2", 147: "8", 176: "4"}),
+        # 2s read as 1 and 5 (a faint stroke dropped, another broken), a 6 as 4
+        ("lowres_smooth", 0, {9: "1", 88: "4", 130: "5"}),
+        ("lowres_smooth", 2, {111: "1"}),  # a 7 as 1: its bar a fainter piece apart
+    ],
+)
+def test_low_resolution_scans_misread_before_are_read(
+    condition: str, seed: int, misread: dict[int, str], test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # benchmarks/photos.py's photos that the bundled model misread when they were thresholded.
+    model = load_model(BUNDLED)
+    every = photogen.photo_set(*test_digits, condition, 200, seed)
+    photos = [p for i, p in enumerate(itertools.islice(every, max(misread) + 1)) if i in misread]
+    images = [preprocess_image(Image.open(io.BytesIO(p.data))).image for p in photos]
+    read = [str(int(k)) for k in classify(model, np.stack(images)).argmax(1)]
+    assert read == [p.label for p in photos]
+    assert all(p.label != before for p, before in zip(photos, misread.values(), strict=True))
+
+
+def _crop(result: Preprocessed) -> np.ndarray:
+    assert result.crop is not None
+    return result.crop
 
 
 def _nth(

@@ -23,6 +23,10 @@ WORK_SIDE = 512
 # Smaller images (an MNIST-sized PNG) are enlarged to this long side: every length in the
 # pipeline, in pixels, then means the same whatever the input size.
 MIN_SIDE = 256
+# A picture is taken for enlarged blocks when, shrunk to them and enlarged back, it differs
+# from itself by under this fraction of its range on average (JPEG's ringing: under 0.5 % in
+# 9 of 10 generated scans, 2 % at most).
+BLOCK_MISMATCH = 0.03
 
 
 class EmptyImage(ImageError):
@@ -82,20 +86,28 @@ def _resized(img: Image.Image, side: int, resample: Image.Resampling, **kw: floa
 def _unblocked(img: Image.Image) -> Image.Image:
     """An image enlarged by repeating its pixels (blocks of 2 px or more) shrunk back to them."""
     grey = np.asarray(img.convert("L"), np.float32)
-    size = []
+    gaps = []
     for axis in (1, 0):
         # Where the picture changes across a column (row): a third of its largest step or more,
         # above JPEG's ringing; inside a block it does not.
         steps = np.abs(np.diff(grey, axis=axis)).max(axis=1 - axis)
-        changes = np.flatnonzero(steps > max(1.0, 0.3 * float(steps.max(initial=0))))
-        gaps = np.diff(changes) if len(changes) > 2 else np.ones(1)
-        within = gaps[gaps < 1.5 * np.median(gaps)]  # not across blocks alike
-        block = float(within.mean())
-        # Blocks are as wide as each other (to a pixel, when enlarged by a fraction).
-        if block < 2 or np.ptp(within) > 1 or len(within) < max(3, len(gaps) // 2):
-            return img
-        size.append(max(1, round(grey.shape[axis] / block)))
-    return img.resize((size[0], size[1]), Image.Resampling.BOX)
+        gaps.append(np.diff(np.flatnonzero(steps > max(1.0, 0.3 * float(steps.max(initial=0))))))
+    found = np.concatenate(gaps)
+    if len(found) < 3 or found.min() < 2:
+        return img
+    # Every change lies a whole number of blocks from the last (to a pixel, and 2 % for a
+    # block enlarged by a fraction), the block being the narrowest gap refined over them all.
+    counts = np.round(found / found.min())
+    block = float(found.sum() / counts.sum())
+    if np.abs(found - counts * block).max() > 1 + 0.02 * found.max():
+        return img
+    size = (max(1, round(img.width / block)), max(1, round(img.height / block)))
+    small = img.resize(size, Image.Resampling.BOX)
+    # And the blocks, enlarged again, are the picture (JPEG's ringing aside).
+    back = np.asarray(small.convert("L").resize(img.size, Image.Resampling.NEAREST), np.float32)
+    if float(np.abs(back - grey).mean()) > BLOCK_MISMATCH * float(np.ptp(grey)):
+        return img
+    return small
 
 
 def to_working(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

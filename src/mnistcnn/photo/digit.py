@@ -33,6 +33,15 @@ BAR_GAP = 0.4
 EDGE_RUN = 0.5
 # Ink in a piece's holes, as a share of its own, that makes it a frame around the digit.
 FRAMED_MASS = 0.2
+# A digit whose edges are this soft for its size (its long side over the width of its edges)
+# was drawn at about this many pixels or fewer, under MNIST's 20: a low-resolution scan
+# enlarged. Thresholding breaks its grey strokes into pieces; its grey is kept instead ...
+SOFT_RESOLUTION = 12
+# ... when the digit is this long in the working image (a smaller soft digit is one blurred
+# in a larger photo, better read thresholded).
+SOFT_MIN_SIDE = 64
+# Kept grey is stretched so that this fraction of the digit's strongest ink is full ink.
+SOFT_FULL = 0.7
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Preprocessed:
     image: np.ndarray
     box: ink.Box  # in the working image
     steps: ink.Found | None = None  # the image's ink, for `steps_panel`, kept only when asked for
-    crop: np.ndarray | None = None  # the stroke-normalized digit before scaling to 20x20
+    crop: np.ndarray | None = None  # the digit's shape (`_shape`) before scaling to 20x20
     frame: tuple[int, int] = (0, 0)  # width, height of the working image `box` is in
 
 
@@ -144,6 +153,47 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     return np.clip(0.5 + inside - outside + grow, 0, 1).astype(np.float32)
 
 
+def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
+    """How many pixels the digit's edges take from paper to its strongest ink."""
+    rows, cols = np.gradient(contrast)
+    slope = np.hypot(rows, cols)[ndimage.binary_dilation(keep, iterations=2)]
+    return float(contrast[keep].max()) / max(float(np.percentile(slope, 99)), 1e-6)
+
+
+def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> np.ndarray:
+    """The grey levels within an edge's width of the digit's ink, stretched (see SOFT_FULL).
+
+    A soft stroke fades over an edge's width: pieces of ink that near the digit are its own,
+    however faint (a 7's bar fainter than its stem) or wherever they touch the frame."""
+    reach = max(1, round(edge))
+    box = ink.box_of(keep)
+    near = [
+        label
+        for label, (rows, cols) in enumerate(ndimage.find_objects(found.labels), 1)
+        if ink.gap((cols.start, rows.start, cols.stop, rows.stop), box) <= reach
+    ]
+    keep = np.isin(found.labels, near)
+    left, top, right, bottom = ink.box_of(keep)
+    inside = ndimage.distance_transform_edt(~keep) <= reach
+    crop = np.where(inside, found.contrast, 0)[
+        max(0, top - reach) : bottom + reach, max(0, left - reach) : right + reach
+    ]
+    strongest = float(found.contrast[keep].max())
+    crop = np.clip(crop / (SOFT_FULL * strongest), 0, 1).astype(np.float32)
+    crop[crop < 0.1] = 0  # the paper's noise around it
+    return crop
+
+
+def _shape(found: ink.Found, keep: np.ndarray) -> np.ndarray:
+    """The digit's shape: redrawn at MNIST's stroke width, or its grey when low-resolution."""
+    left, top, right, bottom = ink.box_of(keep)
+    side = max(right - left, bottom - top)
+    edge = _edge_width(found.contrast, keep)
+    if side >= SOFT_MIN_SIDE and side < SOFT_RESOLUTION * edge:
+        return _soft(found, keep, edge)
+    return _redraw(found.contrast, keep, found.peak)
+
+
 def _to_28(shape: np.ndarray) -> np.ndarray:
     """Fit the shape's bounding box in 20x20, keep the aspect ratio, centre its mass in 28x28."""
     rows, cols = np.flatnonzero(shape.max(1) > 0.05), np.flatnonzero(shape.max(0) > 0.05)
@@ -164,7 +214,7 @@ def _to_28(shape: np.ndarray) -> np.ndarray:
 def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
     """Each mask's ink as an MNIST-style digit."""
     frame = (found.labels.shape[1], found.labels.shape[0])
-    crops = [_redraw(found.contrast, keep, found.peak) for keep in keeps]
+    crops = [_shape(found, keep) for keep in keeps]
     return [
         Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame)
         for keep, crop in zip(keeps, crops, strict=True)
