@@ -27,6 +27,7 @@ from mnistcnn.photo.decode import DRAFT_SIDE, _unblocked, open_image, to_working
 from mnistcnn.photo.digit import Preprocessed, preprocess, preprocess_image, steps_panel
 from mnistcnn.photo.ink import dark_ink
 from mnistcnn.predict.classify import classify
+from mnistcnn.predict.number import read_number
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import photogen
@@ -450,6 +451,22 @@ def test_low_resolution_scans_misread_before_are_read(
     read = [str(int(k)) for k in classify(model, np.stack(images)).argmax(1)]
     assert read == [p.label for p in photos]
     assert all(p.label != before for p, before in zip(photos, misread.values(), strict=True))
+
+
+@pytest.mark.slow
+def test_a_rows_digits_are_redrawn_not_kept_grey(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    # benchmarks/photos.py's photos 82 and 130 of `--multi 300` (seed 0): read "2222" and "5504"
+    # when a row's soft digits kept their grey, which took in their neighbours' ink.
+    model = load_model(BUNDLED)
+    for index in (82, 130):
+        photo = _nth(
+            test_digits, "multi", 0, index, 300, digits=4, conditions=photogen.ROW_CONDITIONS
+        )
+        path = tmp_path / f"row{photo.suffix}"
+        path.write_bytes(photo.data)
+        assert read_number(model, path).number == photo.label
 
 
 def _crop(result: Preprocessed) -> np.ndarray:

@@ -184,13 +184,15 @@ def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> np.ndarray:
     return crop
 
 
-def _shape(found: ink.Found, keep: np.ndarray) -> np.ndarray:
-    """The digit's shape: redrawn at MNIST's stroke width, or its grey when low-resolution."""
-    left, top, right, bottom = ink.box_of(keep)
-    side = max(right - left, bottom - top)
-    edge = _edge_width(found.contrast, keep)
-    if side >= SOFT_MIN_SIDE and side < SOFT_RESOLUTION * edge:
-        return _soft(found, keep, edge)
+def _shape(found: ink.Found, keep: np.ndarray, soft: bool) -> np.ndarray:
+    """The digit's shape: redrawn at MNIST's stroke width, or (`soft`) its grey when it is of
+    low resolution."""
+    if soft:
+        left, top, right, bottom = ink.box_of(keep)
+        side = max(right - left, bottom - top)
+        edge = _edge_width(found.contrast, keep)
+        if side >= SOFT_MIN_SIDE and side < SOFT_RESOLUTION * edge:
+            return _soft(found, keep, edge)
     return _redraw(found.contrast, keep, found.peak)
 
 
@@ -211,10 +213,11 @@ def _to_28(shape: np.ndarray) -> np.ndarray:
     return np.clip(canvas / canvas.max(), 0, 1)  # the shape holds ink above 0.05
 
 
-def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
-    """Each mask's ink as an MNIST-style digit."""
+def digits(found: ink.Found, keeps: list[np.ndarray], soft: bool = False) -> list[Preprocessed]:
+    """Each mask's ink as an MNIST-style digit; with `soft`, one of low resolution keeps its
+    grey (not for a row's digits: the grey around one takes in its neighbour's ink)."""
     frame = (found.labels.shape[1], found.labels.shape[0])
-    crops = [_shape(found, keep) for keep in keeps]
+    crops = [_shape(found, keep, soft) for keep in keeps]
     return [
         Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame)
         for keep, crop in zip(keeps, crops, strict=True)
@@ -222,7 +225,7 @@ def digits(found: ink.Found, keeps: list[np.ndarray]) -> list[Preprocessed]:
 
 
 def _choose(found: ink.Found, steps: bool) -> Preprocessed:
-    (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))])
+    (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))], soft=True)
     return replace(digit, steps=found) if steps else digit
 
 
