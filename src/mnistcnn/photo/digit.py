@@ -163,15 +163,16 @@ def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
 def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> np.ndarray:
     """The grey levels within an edge's width of the digit's ink, stretched (see SOFT_FULL).
 
-    A soft stroke fades over an edge's width: pieces of ink that near the digit are its own,
-    however faint (a 7's bar fainter than its stem) or wherever they touch the frame."""
+    A soft stroke fades over an edge's width: pieces of ink that near the digit, or near such
+    pieces, are its own, however faint (a 7's bar fainter than its stem) or wherever they touch
+    the frame."""
     reach = max(1, round(edge))
-    box = ink.box_of(keep)
-    near = [
-        label
-        for label, (rows, cols) in enumerate(ndimage.find_objects(found.labels), 1)
-        if ink.gap((cols.start, rows.start, cols.stop, rows.stop), box) <= reach
-    ]
+    boxes = [(c.start, r.start, c.stop, r.stop) for r, c in ndimage.find_objects(found.labels)]
+    box, grown = None, ink.box_of(keep)
+    while grown != box:  # a piece that joins brings the next within reach
+        box = grown
+        near = [label for label, b in enumerate(boxes, 1) if ink.gap(b, box) <= reach]
+        grown = ink.union([box, *(boxes[label - 1] for label in near)])
     keep = np.isin(found.labels, near)
     left, top, right, bottom = ink.box_of(keep)
     inside = ndimage.distance_transform_edt(~keep) <= reach
