@@ -455,6 +455,16 @@ def test_low_resolution_scans_misread_before_are_read(
     assert all(p.label != before for p, before in zip(photos, misread.values(), strict=True))
 
 
+def test_a_soft_digits_box_holds_its_faint_pieces(
+    test_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    # benchmarks/photos.py's lowres_nearest photo 61 (seed 0): an 8 whose lower loop is three
+    # faint pieces; the box found (what --save-preprocessed and serve show) is the whole 8.
+    photo = _nth(test_digits, "lowres_nearest", 0, 61)
+    assert photo.label == "8"
+    _assert_found(photo)
+
+
 @pytest.mark.slow
 def test_a_rows_digits_are_redrawn_not_kept_grey(
     test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path

@@ -160,8 +160,9 @@ def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
     return float(contrast[keep].max()) / max(float(np.percentile(slope, 99)), 1e-6)
 
 
-def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> np.ndarray:
-    """The grey levels within an edge's width of the digit's ink, stretched (see SOFT_FULL).
+def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> tuple[np.ndarray, np.ndarray]:
+    """The grey levels within an edge's width of the digit's ink, stretched (see SOFT_FULL),
+    and the ink they hold.
 
     A soft stroke fades over an edge's width: pieces of ink that near the digit, or near such
     pieces, are its own, however faint (a 7's bar fainter than its stem) or wherever they touch
@@ -182,19 +183,19 @@ def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> np.ndarray:
     strongest = float(found.contrast[keep].max())
     crop = np.clip(crop / (SOFT_FULL * strongest), 0, 1).astype(np.float32)
     crop[crop < 0.1] = 0  # the paper's noise around it
-    return crop
+    return crop, keep
 
 
-def _shape(found: ink.Found, keep: np.ndarray, soft: bool) -> np.ndarray:
-    """The digit's shape: redrawn at MNIST's stroke width, or (`soft`) its grey when it is of
-    low resolution."""
+def _shape(found: ink.Found, keep: np.ndarray, soft: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The digit's shape, redrawn at MNIST's stroke width or (`soft`) its grey when it is of
+    low resolution, and the ink it is drawn from."""
     if soft:
         left, top, right, bottom = ink.box_of(keep)
         side = max(right - left, bottom - top)
         edge = _edge_width(found.contrast, keep)
         if side >= SOFT_MIN_SIDE and side < SOFT_RESOLUTION * edge:
             return _soft(found, keep, edge)
-    return _redraw(found.contrast, keep, found.peak)
+    return _redraw(found.contrast, keep, found.peak), keep
 
 
 def _to_28(shape: np.ndarray) -> np.ndarray:
@@ -218,10 +219,10 @@ def digits(found: ink.Found, keeps: list[np.ndarray], soft: bool = False) -> lis
     """Each mask's ink as an MNIST-style digit; with `soft`, one of low resolution keeps its
     grey (not for a row's digits: the grey around one takes in its neighbour's ink)."""
     frame = (found.labels.shape[1], found.labels.shape[0])
-    crops = [_shape(found, keep, soft) for keep in keeps]
+    shapes = [_shape(found, keep, soft) for keep in keeps]
     return [
-        Preprocessed(_to_28(crop), ink.box_of(keep), crop=crop, frame=frame)
-        for keep, crop in zip(keeps, crops, strict=True)
+        Preprocessed(_to_28(crop), ink.box_of(used), crop=crop, frame=frame)
+        for crop, used in shapes
     ]
 
 
