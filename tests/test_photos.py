@@ -56,6 +56,12 @@ def _write(
 
 
 @pytest.fixture(scope="module")
+def bundled_model() -> DigitNet:
+    """The model the wheel ships."""
+    return load_model(BUNDLED)
+
+
+@pytest.fixture(scope="module")
 def photos(
     test_digits: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, list[tuple[Path, photogen.Photo]]]:
@@ -319,35 +325,32 @@ def test_a_speck_over_a_digit_is_not_its_bar() -> None:
     assert preprocess_image(page).box[1] > 70
 
 
-@pytest.mark.slow  # 62 photos are generated to reach it
-def test_a_sharp_shadow_edge_is_not_ink(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
-    # benchmarks/photos.py's shadow photo 61 of seed 1, an 8 with a hard-edged shadow across
-    # it: the paper's estimate ran a few pixels past the step into the shadow, and the line of
-    # "ink" left along it was joined to the 8 (read 7).
-    photo = _nth(test_digits, "shadow", 1, 61)
-    assert photo.label == "8"
-    _assert_found(photo)
-
-
-def test_a_page_edge_beside_the_digit_is_erased_whole(
-    test_digits: tuple[np.ndarray, np.ndarray],
+@pytest.mark.parametrize(
+    ("condition", "seed", "index", "label"),
+    [
+        # An 8 with a hard-edged shadow across it: the paper's estimate ran a few pixels past
+        # the step into the shadow, and the line of "ink" left along it was joined to the 8
+        # (read 7). Slow: 62 photos are generated to reach it.
+        pytest.param("shadow", 1, 61, "8", id="sharp-shadow-edge", marks=pytest.mark.slow),
+        # The page edge, tilted 3.4 degrees, leaves a rim of ink 6-7 px wide whose 1 px vote
+        # lies a pixel off its middle. Erased in a fixed band, a sliver remained beside the 0,
+        # in pieces, and was joined to it (read 9).
+        pytest.param("border", 0, 3, "0", id="page-edge-erased-whole"),
+        # An 8 in a broad dark marker filling the frame; the paper left in its loops and corners
+        # is the narrower side, so stroke width alone took the paper for ink and read one loop
+        # (as a 2).
+        pytest.param("thick", 0, 67, "8", id="broad-marker-is-ink-not-its-holes"),
+        # An 8 at low resolution whose lower loop is three faint pieces: the box found (what
+        # --save-preprocessed and serve show) is the whole 8, not its upper loop.
+        pytest.param("lowres_nearest", 0, 61, "8", id="soft-digit-box-holds-faint-pieces"),
+    ],
+)
+def test_the_whole_digit_is_found(
+    condition: str, seed: int, index: int, label: str, test_digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    # benchmarks/photos.py's border photo 3 (seed 0): the page edge, tilted 3.4 degrees, leaves
-    # a rim of ink 6-7 px wide whose 1 px vote lies a pixel off its middle. Erased in a fixed
-    # band, a sliver remained beside the 0, in pieces, and was joined to it (read 9).
-    photo = _nth(test_digits, "border", 0, 3)
-    assert photo.label == "0"
-    _assert_found(photo)
-
-
-def test_a_broad_marker_filling_its_frame_is_the_ink_not_its_holes(
-    test_digits: tuple[np.ndarray, np.ndarray],
-) -> None:
-    # benchmarks/photos.py's thick photo 67 (seed 0): an 8 in a broad dark marker filling the
-    # frame; the paper left in its loops and corners is the narrower side, so stroke width alone
-    # took the paper for ink and read one loop (as a 2).
-    photo = _nth(test_digits, "thick", 0, 67)
-    assert photo.label == "8"
+    # benchmarks/photos.py's photos where part of the digit, or more than it, was found.
+    photo = _nth(test_digits, condition, seed, index)
+    assert photo.label == label
     _assert_found(photo)
 
 
@@ -443,42 +446,34 @@ def test_a_low_resolution_digit_keeps_its_grey(
     ],
 )
 def test_low_resolution_scans_misread_before_are_read(
-    condition: str, seed: int, misread: dict[int, str], test_digits: tuple[np.ndarray, np.ndarray]
+    condition: str,
+    seed: int,
+    misread: dict[int, str],
+    bundled_model: DigitNet,
+    test_digits: tuple[np.ndarray, np.ndarray],
 ) -> None:
     # benchmarks/photos.py's photos that the bundled model misread when they were thresholded.
-    model = load_model(BUNDLED)
     every = photogen.photo_set(*test_digits, condition, 200, seed)
     photos = [p for i, p in enumerate(itertools.islice(every, max(misread) + 1)) if i in misread]
     images = [preprocess_image(Image.open(io.BytesIO(p.data))).image for p in photos]
-    read = [str(int(k)) for k in classify(model, np.stack(images)).argmax(1)]
+    read = [str(int(k)) for k in classify(bundled_model, np.stack(images)).argmax(1)]
     assert read == [p.label for p in photos]
     assert all(p.label != before for p, before in zip(photos, misread.values(), strict=True))
 
 
-def test_a_soft_digits_box_holds_its_faint_pieces(
-    test_digits: tuple[np.ndarray, np.ndarray],
-) -> None:
-    # benchmarks/photos.py's lowres_nearest photo 61 (seed 0): an 8 whose lower loop is three
-    # faint pieces; the box found (what --save-preprocessed and serve show) is the whole 8.
-    photo = _nth(test_digits, "lowres_nearest", 0, 61)
-    assert photo.label == "8"
-    _assert_found(photo)
-
-
 @pytest.mark.slow
 def test_a_rows_digits_are_redrawn_not_kept_grey(
-    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    bundled_model: DigitNet, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     # benchmarks/photos.py's photos 82 and 130 of `--multi 300` (seed 0): read "2222" and "5504"
     # when a row's soft digits kept their grey, which took in their neighbours' ink.
-    model = load_model(BUNDLED)
     for index in (82, 130):
         photo = _nth(
             test_digits, "multi", 0, index, 300, digits=4, conditions=photogen.ROW_CONDITIONS
         )
         path = tmp_path / f"row{photo.suffix}"
         path.write_bytes(photo.data)
-        assert read_number(model, path).number == photo.label
+        assert read_number(bundled_model, path).number == photo.label
 
 
 def _crop(result: Preprocessed) -> np.ndarray:

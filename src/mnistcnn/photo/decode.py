@@ -24,7 +24,7 @@ WORK_SIDE = 512
 # pipeline, in pixels, then means the same whatever the input size.
 MIN_SIDE = 256
 # A picture is taken for enlarged blocks when, shrunk to them and enlarged back, it differs
-# from itself by under this fraction of its range on average (JPEG's ringing: under 0.5 % in
+# from itself by under this fraction of its range on average (JPEG's ringing: about 0.5 % in
 # 9 of 10 generated scans, 2 % at most).
 BLOCK_MISMATCH = 0.03
 

@@ -175,7 +175,7 @@ def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> tuple[np.ndarray, 
         near = [label for label, b in enumerate(boxes, 1) if ink.gap(b, box) <= reach]
         grown = ink.union([box, *(boxes[label - 1] for label in near)])
     keep = np.isin(found.labels, near)
-    left, top, right, bottom = ink.box_of(keep)
+    left, top, right, bottom = box  # the pieces' union: the digit's first box within it
     inside = ndimage.distance_transform_edt(~keep) <= reach
     crop = np.where(inside, found.contrast, 0)[
         max(0, top - reach) : bottom + reach, max(0, left - reach) : right + reach
