@@ -155,8 +155,11 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
 
 def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
     """How many pixels the digit's edges take from paper to its strongest ink."""
-    rows, cols = np.gradient(contrast)
-    slope = np.hypot(rows, cols)[ndimage.binary_dilation(keep, iterations=2)]
+    left, top, right, bottom = ink.box_of(keep)
+    # The slope up to 2 px around the ink, each pixel's from its neighbours: 3 px around it.
+    around = np.s_[max(0, top - 3) : bottom + 3, max(0, left - 3) : right + 3]
+    rows, cols = np.gradient(contrast[around])
+    slope = np.hypot(rows, cols)[ndimage.binary_dilation(keep[around], iterations=2)]
     return float(contrast[keep].max()) / max(float(np.percentile(slope, 99)), 1e-6)
 
 
