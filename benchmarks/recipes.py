@@ -101,7 +101,8 @@ def main() -> None:
             f"| {statistics.mean(accs):.3f} | {min(accs):.2f} | {ensemble} |"
         )
     where = f"{args.device}, torch {torch.__version__}"
-    table = f"Seeds 0-{args.seeds - 1}, {args.workers} trainings at once on {where}.\n\n"
+    at_once = "one training at a time" if args.workers == 1 else f"{args.workers} trainings at once"
+    table = f"Seeds 0-{args.seeds - 1}, {at_once} on {where}.\n\n"
     table += "\n".join(lines)
     print(table)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
