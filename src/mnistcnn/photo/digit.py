@@ -153,9 +153,10 @@ def _redraw(contrast: np.ndarray, keep: np.ndarray, peak: float) -> np.ndarray:
     return np.clip(0.5 + inside - outside + grow, 0, 1).astype(np.float32)
 
 
-def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
-    """How many pixels the digit's edges take from paper to its strongest ink."""
-    left, top, right, bottom = ink.box_of(keep)
+def _edge_width(contrast: np.ndarray, keep: np.ndarray, box: ink.Box) -> float:
+    """How many pixels the edges of the digit (`keep`, boxed by `box`) take from paper to its
+    strongest ink."""
+    left, top, right, bottom = box
     # The slope up to 2 px around the ink, each pixel's from its neighbours: 3 px around it.
     around = np.s_[max(0, top - 3) : bottom + 3, max(0, left - 3) : right + 3]
     rows, cols = np.gradient(contrast[around])
@@ -163,16 +164,18 @@ def _edge_width(contrast: np.ndarray, keep: np.ndarray) -> float:
     return float(contrast[keep].max()) / max(float(np.percentile(slope, 99)), 1e-6)
 
 
-def _soft(found: ink.Found, keep: np.ndarray, edge: float) -> tuple[np.ndarray, np.ndarray]:
-    """The grey levels within an edge's width of the digit's ink, stretched (see SOFT_FULL),
-    and the ink they hold.
+def _soft(
+    found: ink.Found, keep: np.ndarray, edge: float, box: ink.Box
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grey levels within an edge's width of the digit's ink (`keep`, boxed by `box`),
+    stretched (see SOFT_FULL), and the ink they hold.
 
     A soft stroke fades over an edge's width: pieces of ink that near the digit, or near such
     pieces, are its own, however faint (a 7's bar fainter than its stem) or wherever they touch
     the frame."""
     reach = max(1, round(edge))
     boxes = [(c.start, r.start, c.stop, r.stop) for r, c in ndimage.find_objects(found.labels)]
-    box, grown = None, ink.box_of(keep)
+    grown, box = box, None
     while grown != box:  # a piece that joins brings the next within reach
         box = grown
         near = [label for label, b in enumerate(boxes, 1) if ink.gap(b, box) <= reach]
@@ -193,11 +196,11 @@ def _shape(found: ink.Found, keep: np.ndarray, soft: bool) -> tuple[np.ndarray, 
     """The digit's shape, redrawn at MNIST's stroke width or (`soft`) its grey when it is of
     low resolution, and the ink it is drawn from."""
     if soft:
-        left, top, right, bottom = ink.box_of(keep)
+        box = left, top, right, bottom = ink.box_of(keep)
         side = max(right - left, bottom - top)
-        edge = _edge_width(found.contrast, keep)
+        edge = _edge_width(found.contrast, keep, box)
         if side >= SOFT_MIN_SIDE and side < SOFT_RESOLUTION * edge:
-            return _soft(found, keep, edge)
+            return _soft(found, keep, edge, box)
     return _redraw(found.contrast, keep, found.peak), keep
 
 
