@@ -145,6 +145,8 @@ def test_wrong_type_names_the_key(override: str, key: str) -> None:
         ("train.epochs=0", "train.epochs"),
         ("train.threads=-1", "train.threads"),
         ("train.log_every=0", "train.log_every"),
+        ("train.keep=first", "train.keep"),
+        ("train.precise_bn=-1", "train.precise_bn"),
         ("train.device=gpu", "train.device"),
         ("train.output=model.pt", "train.output"),
         ("data.val_size=0", "data.val_size"),

@@ -15,7 +15,7 @@ import yaml
 from conftest import log_lines
 from tqdm import tqdm
 
-from mnistcnn.checkpoint import load_model, load_state
+from mnistcnn.checkpoint import load_model, load_state, load_training_state
 from mnistcnn.config.build import from_dict, load_config, optimizers
 from mnistcnn.config.schema import Config
 from mnistcnn.data import Split
@@ -202,8 +202,75 @@ def test_ctrl_c_after_an_epoch_keeps_the_best_model(
     cfg = make_cfg(*QUICK, "train.epochs=3")
     with pytest.raises(KeyboardInterrupt):
         quiet_fit(cfg)
-    assert f"best model so far (epoch 1) is in {cfg.train.output}" in logged[-1]
+    assert f"the last model (epoch 1) is in {cfg.train.output}" in logged[-1]
     assert load_model(cfg.train.output).meta["epoch"] == 1
+
+
+@pytest.mark.parametrize(("keep", "saved"), [("last", 3), ("best", 1)])
+def test_keep_saves_the_last_epoch_or_the_best_by_validation(
+    make_cfg: Callable[..., Config],
+    quiet_fit: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    keep: str,
+    saved: int,
+) -> None:
+    # Validation accuracy falls every epoch: "best" stays on the first, "last" moves on.
+    real, scored = loops.evaluate, []
+
+    def falling(*args: Any, **kwargs: Any) -> dict[str, float]:
+        scored.append(1)
+        return {**real(*args, **kwargs), "accuracy": 1 / len(scored)}
+
+    monkeypatch.setattr(loops, "evaluate", falling)
+    cfg = make_cfg(*QUICK, "train.epochs=3", f"train.keep={keep}", "train.precise_bn=0")
+    result = quiet_fit(cfg)
+    assert result["epoch"] == saved and load_model(cfg.train.output).meta["epoch"] == saved
+    last = load_training_state(output_paths(cfg)["checkpoint"])["model"]
+    kept = load_state(cfg.train.output)
+    same = all(torch.equal(v, last[k]) for k, v in kept.items() if torch.is_tensor(v))
+    assert same == (keep == "last")
+
+
+def test_precise_bn_counts_each_batchnorm_over_the_images(mnist_test: Split) -> None:
+    model = build_model("cnn", {"channels": (8, 16), "convs_per_stage": (1, 1)})
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+    seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(norms))}
+    hooks = [
+        norm.register_forward_hook(lambda _m, args, _o, i=i: seen[i].append(args[0].detach()))
+        for i, norm in enumerate(norms)
+    ]
+    images = Split(mnist_test.images[:300], mnist_test.labels[:300])
+    loops.recount_batchnorm(model, images, 250, 100, CPU)  # batches of 100, 100 and 50
+    for hook in hooks:
+        hook.remove()
+    assert not model.training and all(norm.momentum == 0.1 for norm in norms)
+    for i, norm in enumerate(norms):
+        batches = seen[i]
+        assert [len(b) for b in batches] == [100, 100, 50]
+        # each batch's mean and unbiased variance per channel, averaged over the batches
+        mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+        var = torch.stack([b.var((0, 2, 3)) for b in batches]).mean(0)
+        assert torch.allclose(norm.running_mean, mean, atol=1e-5)
+        assert torch.allclose(norm.running_var, var, rtol=1e-4)
+
+
+def test_precise_bn_restores_a_trained_model(
+    small_run: dict, mnist_train: Split, mnist_test: Split
+) -> None:
+    # Statistics thrown away (mean 0, variance 1): the model reads badly; recounted over
+    # clean training images, it reads as well as when it was saved.
+    model = load_model(small_run["path"])
+    test = Split(mnist_test.images[:2000], mnist_test.labels[:2000])
+    before = evaluate(model, test, 500, CPU)["accuracy"]
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.reset_running_stats()
+    assert evaluate(model, test, 500, CPU)["accuracy"] < before - 0.2
+    train = Split(mnist_train.images[:1000], mnist_train.labels[:1000])
+    loops.recount_batchnorm(model, train, 1000, 128, CPU)
+    assert evaluate(model, test, 500, CPU)["accuracy"] > before - 0.02
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(

@@ -6,6 +6,7 @@ processes sharing one SQLite file, and are checked through the database itself.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import yaml
 
 pytest.importorskip("optuna")
 
+from mnistcnn.checkpoint import load_model
 from mnistcnn.cli import main
 from mnistcnn.config.build import load_config
 from mnistcnn.errors import ConfigError
@@ -235,6 +237,15 @@ def test_two_process_study_prunes_and_writes_a_trainable_best(
     states = [s for _, _, s in rows]
     assert states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 2, states
     assert len(set(attrs(run / "study.db", "worker"))) == 2  # two processes ran trials
+    # a finished trial's value is its saved model's validation accuracy
+    with sqlite3.connect(run / "study.db") as con:
+        scored = con.execute(
+            "SELECT v.value, a.value_json FROM trials t JOIN trial_values v USING (trial_id) "
+            "JOIN trial_user_attributes a USING (trial_id) WHERE a.key = 'model'"
+        ).fetchall()
+    assert len(scored) == states.count("COMPLETE")
+    for value, model in scored:
+        assert value == load_model(json.loads(model)).meta["val_accuracy"]
     assert "pruned" in out and "best config:" in out
     for name in ("history.png", "epochs.png", "importances.png"):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"

@@ -12,6 +12,7 @@ from mnistcnn.errors import ConfigError
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 FREEZE = ("none", "features")  # what `train.freeze` may stop training (see train/build.py)
+KEEP = ("last", "best")  # which epoch's weights `train.keep` saves (see train/fitting.py)
 
 
 def check(ok: bool, message: str) -> None:
@@ -113,9 +114,13 @@ class TrainConfig:
     dist_timeout: float = 300.0
     init_from: str | None = None
     freeze: str = "none"
+    keep: str = "last"
+    precise_bn: int = 20000
 
     def __post_init__(self) -> None:
         check(self.freeze in FREEZE, f"train.freeze must be one of {', '.join(FREEZE)}")
+        check(self.keep in KEEP, f"train.keep must be one of {', '.join(KEEP)}")
+        check(self.precise_bn >= 0, "train.precise_bn must be >= 0 images (0 = off)")
         check(self.epochs >= 1, "train.epochs must be >= 1")
         check(self.dist_timeout > 0, "train.dist_timeout must be > 0 (seconds)")
         check(self.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")

@@ -1,5 +1,5 @@
 """The loops, functions of their inputs that return metric dicts: `train_one_epoch` over
-batches, `predict_logits` and `evaluate` over a split."""
+batches, `predict_logits` and `evaluate` over a split; `recount_batchnorm` after training."""
 
 from __future__ import annotations
 
@@ -132,6 +132,39 @@ def forward_backward(
         loss = loss_fn(logits.float(), labels)
     loss.backward()
     return loss.detach(), (logits.argmax(1) == labels).sum()
+
+
+@torch.no_grad()
+def recount_batchnorm(
+    model: nn.Module,
+    split: Split,
+    count: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+) -> None:
+    """Set each BatchNorm's running mean and variance to their average over the first `count`
+    images of `split`, the weights as they are."""
+    # During training the running statistics are a moving average of the last few dozen
+    # batches, taken while the weights still moved; a precise count on the final weights
+    # ("PreciseBN") removes that noise.
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()  # dropout off; only the BatchNorms count
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for images, _ in eval_batches(Split(split.images[:count], split.labels[:count]), batch_size):
+        images = to_float(images.to(device, non_blocking=True))
+        model(images.contiguous(memory_format=memory_format))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""The run folder (`runs/<name>-<time>/`: config, steps.csv, metrics.csv, best model) and its
+"""The run folder (`runs/<name>-<time>/`: config, steps.csv, metrics.csv, the saved model) and its
 TensorBoard events (also the test set's confusion matrix and worst mistakes); without tensorboard
 only the files, with `train.run_dir: null` nothing."""
 

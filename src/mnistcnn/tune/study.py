@@ -175,12 +175,12 @@ def _trial_lines(number: int, quiet: bool) -> Iterator[None]:
 
 
 def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], float]:
-    """Optuna's objective: one `fit` per trial, its best validation metric the trial's value."""
+    """Optuna's objective: one `fit` per trial, its saved model's validation metric the trial's
+    value (the weights `train.keep` chose)."""
     from mnistcnn.train.fitting import fit
 
     optuna = import_optuna()
     search = tune.search
-    better = max if search.direction == "maximize" else min
 
     def run(trial: Any) -> float:
         try:
@@ -194,10 +194,8 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {s.key: s.suggest(trial) for s in search.space}
         output = search.run_dir() / "trials" / f"{trial.number:04d}" / "model.pth"
-        seen: list[float] = []
 
         def report(row: dict[str, Any]) -> None:  # each epoch, so a pruner can stop the trial
-            seen.append(row[search.metric])
             trial.report(row[search.metric], row["epoch"])
             if trial.should_prune():
                 trial.set_user_attr("epochs", row["epoch"])
@@ -227,7 +225,7 @@ def objective(tune: TuneConfig, ctrl_c: CtrlC, quiet: bool) -> Callable[[Any], f
         trial.set_user_attr("model", result["model"])
         # Recorded for the report only: selection uses the validation metric alone.
         trial.set_user_attr("test_accuracy", result["test_accuracy"])
-        return better(seen)
+        return result[search.metric]
 
     return run
 
