@@ -146,8 +146,8 @@ def recount_batchnorm(
 ) -> None:
     """Set each BatchNorm's running mean and variance to their average over the first `count`
     images of `split`, the weights as they are."""
-    # During training the running statistics are a moving average of the last few dozen
-    # batches, taken while the weights still moved; a precise count on the final weights
+    # During training the running statistics are a moving average (mostly of the last twenty
+    # batches), taken while the weights still moved; a precise count on the final weights
     # ("PreciseBN") removes that noise.
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
     if not norms:
