@@ -436,9 +436,9 @@ def test_a_low_resolution_digit_keeps_its_grey(
     ("condition", "seed", "misread"),
     [
         # a 4 read as 2 (its strokes thresholded into pieces), a 3 as 8 and a 9 as 4 (JPEGs
-        # whose blocks were not seen as such). Two more fixed photos, seed 0's 8 (no. 61) and
-        # seed 2's 7 (no. 111, lowres_smooth), are read as 1 by the bundled model of
-        # 2305d01 from the same 28x28 images: the model's misses, not the preprocessing's.
+        # whose blocks were not seen as such). Not here: seed 0's 8 (no. 61) and seed 2's 7
+        # (no. 111, lowres_smooth), whose 28x28 images the bundled model reads as 1 (the
+        # model's misses, not the preprocessing's).
         ("lowres_nearest", 0, {113: "2", 147: "8", 176: "4"}),
         ("lowres_nearest", 2, {155: "1"}),  # a 7 as 1: its bar a piece apart at the edge
         # 2s read as 1 and 5 (a faint stroke dropped, another broken), a 6 as 4

@@ -97,11 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, overwrite=args.overwrite, progress=progress, resume=state)
     if not result:  # a process other than rank 0 of a distributed run: rank 0 reports
         return 0
-    kept = "best epoch" if cfg.train.keep == "best" else "last epoch"
     _print(
         args,
         result,
-        f"test accuracy {100 * result['test_accuracy']:.2f} %  ({kept} {result['epoch']})\n"
+        f"test accuracy {100 * result['test_accuracy']:.2f} %  ({cfg.train.keep} epoch {result['epoch']})\n"
         f"temperature {result['temperature']:.4f}: validation ECE "
         f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
         f"saved {result['model']}",
