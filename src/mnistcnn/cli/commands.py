@@ -100,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print(
         args,
         result,
-        f"test accuracy {100 * result['test_accuracy']:.2f} %  ({cfg.train.keep} epoch {result['epoch']})\n"
+        f"test accuracy {100 * result['test_accuracy']:.2f} %  "
+        f"({cfg.train.keep} epoch {result['epoch']})\n"
         f"temperature {result['temperature']:.4f}: validation ECE "
         f"{100 * result['val_ece']:.2f} % -> {100 * result['val_ece_calibrated']:.2f} %\n"
         f"saved {result['model']}",
