@@ -431,6 +431,22 @@ def test_a_low_resolution_digit_keeps_its_grey(
     assert _greys(_crop(preprocess(path))) < 0.15
 
 
+@pytest.mark.parametrize(("low", "pen"), list(itertools.product((10, 14, 20), (1, 2))))
+def test_a_stroke_along_the_frames_edge_is_ink(low: int, pen: int, bundled_model: DigitNet) -> None:
+    # A 7 scanned at `low` px, cropped to its ink and enlarged: its bar runs along the top edge,
+    # longer than the paper's window, and the paper's estimate padded by the edge took it (and
+    # much of the stem) for paper: all six were read as 1 or 8.
+    scan = Image.new("L", (low * 2 // 3, low), 255)
+    width, height = scan.size
+    draw = ImageDraw.Draw(scan)
+    draw.line((0, 0, width - 1, 0), fill=0, width=pen)
+    draw.line((width - 1, 0, width // 3, height - 1), fill=0, width=pen)
+    photo = scan.resize((width * 300 // height, 300), Image.Resampling.BICUBIC)
+    found = preprocess_image(photo)
+    assert found.box == (0, 0, *photo.size)
+    assert classify(bundled_model, found.image[None]).argmax(1).tolist() == [7]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("condition", "seed", "misread"),

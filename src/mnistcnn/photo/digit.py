@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from mnistcnn.errors import ImageError
 from mnistcnn.photo import ink
 
 # MNIST's digit box inside its 28x28 frame.
@@ -232,8 +233,22 @@ def digits(found: ink.Found, keeps: list[np.ndarray], soft: bool = False) -> lis
     ]
 
 
+def _found_digit(found: ink.Found) -> tuple[ink.Found, list[ink.Part]]:
+    """The digit's pieces of ink, found again with the frame mirrored (`ink.flatten`) when they
+    touch its edge: a stroke along the edge (a 7's bar, a 5's top) passes for paper otherwise."""
+    parts = _digit_parts(_unframed(found))
+    if found.alpha is not None or not any(p.border for p in parts):
+        return found, parts
+    try:
+        found = ink.find(found.rgb, reflect=True)
+    except ImageError:
+        return found, parts
+    return found, _digit_parts(_unframed(found))
+
+
 def _choose(found: ink.Found, steps: bool) -> Preprocessed:
-    (digit,) = digits(found, [ink.keep_mask(found, _digit_parts(_unframed(found)))], soft=True)
+    found, parts = _found_digit(found)
+    (digit,) = digits(found, [ink.keep_mask(found, parts)], soft=True)
     return replace(digit, steps=found) if steps else digit
 
 

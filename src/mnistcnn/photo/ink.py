@@ -63,6 +63,7 @@ class Found:
     """Everything found in one image: the ink and its connected pieces."""
 
     rgb: np.ndarray
+    alpha: np.ndarray | None  # a transparent background's opacity, taken as the ink
     contrast: np.ndarray  # ink contrast above the paper's level
     peak: float  # the strongest ink's contrast
     labels: np.ndarray  # each pixel's piece (0: not ink)
@@ -133,8 +134,13 @@ def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
     )
 
 
-def flatten(rgb: np.ndarray) -> np.ndarray:
-    """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke."""
+def flatten(rgb: np.ndarray, reflect: bool = False) -> np.ndarray:
+    """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke.
+
+    The paper beyond the frame is taken as its edge's (a vignette's dark corners stay out of
+    the estimate) or, with `reflect`, as the frame mirrored (a stroke running along the edge,
+    longer than the window, stays ink instead of passing for paper).
+    """
     height, width = rgb.shape[:2]
     dark = dark_ink(np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255)
     # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's;
@@ -156,7 +162,7 @@ def flatten(rgb: np.ndarray) -> np.ndarray:
     half = _pool(smooth, np.maximum if dark else np.minimum)
     window = max(4, round(BACKGROUND_WINDOW * max(half.shape)))
     first, second = (ndimage.maximum_filter, ndimage.minimum_filter)[:: 1 if dark else -1]
-    padded = np.pad(half, window, mode="edge")
+    padded = np.pad(half, window, mode="reflect" if reflect else "edge")
     closed = second(first(padded, size=window), size=window + 2 * SPILL)
     closed = closed[window:-window, window:-window]
     back = _resize(closed, (width, height), Image.Resampling.BILINEAR)
@@ -188,8 +194,12 @@ def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 def analyse(img: Image.Image) -> Found:
     """An opened image's pieces of ink (8-connected) at working size; ImageError if none."""
-    rgb, alpha = to_working(img)
-    contrast, mask, peak = _ink_mask(alpha if alpha is not None else flatten(rgb))
+    return find(*to_working(img))
+
+
+def find(rgb: np.ndarray, alpha: np.ndarray | None = None, *, reflect: bool = False) -> Found:
+    """The pieces of ink in a working-size image (`to_working`); `reflect` as in `flatten`."""
+    contrast, mask, peak = _ink_mask(alpha if alpha is not None else flatten(rgb, reflect))
     labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
     masses = ndimage.sum_labels(contrast, labels, np.arange(1, count + 1))
     # Each piece's strongest ink, without sorting the frame (as ndimage.maximum does).
@@ -206,7 +216,7 @@ def analyse(img: Image.Image) -> Found:
             parts.append(Part(label, box, *values))
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
-    return Found(rgb, contrast, peak, labels, parts)
+    return Found(rgb, alpha, contrast, peak, labels, parts)
 
 
 def analyse_file(path: str | Path) -> Found:
