@@ -27,6 +27,10 @@ LIGHT_INK_ODDS = 10.0
 # polarity this decides: 20 and 21); where it was paper (between a vignette's dark corners,
 # a page strip between a table's bands), 5-13.
 STROKE_ELONGATION = 16.0
+# A background this even (its 5th-95th percentile spread over the contrast of ink and paper)
+# around a broad stroke is a digital image's: over 200 generated photos of each condition, a
+# filled digit's flat background measured 0-0.22, a vignette's dark corners 0.5 or more.
+FLAT_SPREAD = 0.3
 # The paper's brightness is estimated over windows this fraction of the longer side: wider than
 # a marker stroke filling the frame; ramps, hills and steps of light survive the closing.
 BACKGROUND_WINDOW = 0.5
@@ -97,8 +101,8 @@ def dark_ink(luminance: np.ndarray) -> bool:
         if thin < min(0.5 * max(thick_dark, thick_light), 0.15 * max(half.shape)):
             return bool(thick_dark < thick_light)
         stroke = below if thick_dark < thick_light else ~below
-        if thin < min(0.5 * max(thick_dark, thick_light), 0.3 * max(half.shape)) and _broad(
-            stroke, ~stroke
+        if thin < min(0.5 * max(thick_dark, thick_light), 0.3 * max(half.shape)) and (
+            _broad(stroke, ~stroke) or _flat(half, ~stroke, high - low)
         ):
             return bool(thick_dark < thick_light)
     # Else ink is the minority that stands out of its surroundings (9x9 and 17x17 blocks of
@@ -112,6 +116,18 @@ def dark_ink(luminance: np.ndarray) -> bool:
         away = sign * (half - background) - 0.05  # sensor noise deviates to both sides alike
         deviation[sign] += float(np.clip(away, 0, None).sum())
     return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
+
+
+def _flat(values: np.ndarray, side: np.ndarray, contrast: float) -> bool:
+    """Whether this side holds the other along the frame's edge (under a fifth of it left) and
+    is even away from its own edge: a digital image's background, not light falling off into a
+    vignette's dark corners."""
+    rim = np.concatenate([side[0], side[-1], side[:, 0], side[:, -1]])
+    inside = values[ndimage.binary_erosion(side, iterations=4)]
+    if rim.mean() <= 0.8 or inside.size == 0:
+        return False
+    low, high = np.percentile(inside, [5, 95])
+    return bool(high - low < FLAT_SPREAD * contrast)
 
 
 def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
