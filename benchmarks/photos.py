@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tta", action="store_true", help="also read with --tta: a column, and --multi's lines"
     )
+    parser.add_argument(
+        "--section", default="Photographed digits", help="the benchmarks page's section to write"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(args.model)
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     from page import command_line, write_section
 
-    write_section("Photographed digits", command_line(), "\n".join(lines))
+    write_section(args.section, command_line(), "\n".join(lines))
     return 0
 
 
