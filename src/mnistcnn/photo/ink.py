@@ -28,8 +28,8 @@ LIGHT_INK_ODDS = 10.0
 # a page strip between a table's bands), 5-13.
 STROKE_ELONGATION = 16.0
 # A background this even (its 5th-95th percentile spread over the contrast of ink and paper)
-# around a broad stroke is a digital image's: over 200 generated photos of each condition, a
-# filled digit's flat background measured 0-0.22, a vignette's dark corners 0.5 or more.
+# around a broad stroke is a digital image's: over the generated photos where it decided, a
+# filled digit's flat background measured 0-0.22; a vignette's dark corners measure 0.5 or more.
 FLAT_SPREAD = 0.3
 # The paper's brightness is estimated over windows this fraction of the longer side: wider than
 # a marker stroke filling the frame; ramps, hills and steps of light survive the closing.
