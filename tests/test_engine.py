@@ -15,6 +15,7 @@ import yaml
 from conftest import log_lines
 from tqdm import tqdm
 
+from mnistcnn.bundled import BUNDLED
 from mnistcnn.checkpoint import load_model, load_state, load_training_state
 from mnistcnn.config.build import from_dict, load_config, optimizers
 from mnistcnn.config.schema import Config
@@ -257,12 +258,11 @@ def test_precise_bn_counts_each_batchnorm_over_the_images(mnist_test: Split) -> 
         assert torch.allclose(norm.running_var, var, rtol=1e-4)
 
 
-def test_precise_bn_restores_a_trained_model(
-    small_run: dict, mnist_train: Split, mnist_test: Split
-) -> None:
+def test_precise_bn_restores_a_trained_model(mnist_train: Split, mnist_test: Split) -> None:
     # Statistics thrown away (mean 0, variance 1): the model reads badly; recounted over
-    # clean training images, it reads as well as when it was saved.
-    model = load_model(small_run["path"])
+    # clean training images, it reads as well as when it was saved. The bundled model: a
+    # barely trained one's accuracy moves by points with any change to its statistics.
+    model = load_model(BUNDLED)
     test = Split(mnist_test.images[:2000], mnist_test.labels[:2000])
     before = evaluate(model, test, 500, CPU)["accuracy"]
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -270,7 +270,7 @@ def test_precise_bn_restores_a_trained_model(
     assert evaluate(model, test, 500, CPU)["accuracy"] < before - 0.2
     train = Split(mnist_train.images[:1000], mnist_train.labels[:1000])
     loops.recount_batchnorm(model, train, 1000, 128, CPU)
-    assert evaluate(model, test, 500, CPU)["accuracy"] > before - 0.02
+    assert evaluate(model, test, 500, CPU)["accuracy"] > before - 0.005
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(
