@@ -337,6 +337,14 @@ def test_a_5s_bar_written_apart_joins_it_within_bar_gap(
     assert (top < bar[3]) == joined
 
 
+def test_a_5s_bar_at_the_frames_edge_joins_it() -> None:
+    # Cropped so that the bar, written apart, runs along the top edge: ink at the edge that
+    # the digit does not outweigh was left out as a table or page edge (the box began at 43).
+    page, draw = _five_without_bar()
+    draw.rectangle((110, 36, 170, 42), fill=30)
+    assert preprocess_image(page.crop((0, 36, 300, 260))).box[1] == 0
+
+
 def test_a_speck_over_a_digit_is_not_its_bar() -> None:
     # As far over the 5 as a bar, but not wider than tall: a speck stays out.
     page, draw = _five_without_bar()

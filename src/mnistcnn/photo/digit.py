@@ -105,8 +105,11 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
                 continue
             # Ink at the edge joins a digit at the edge (cropped tightly), or one it outweighs
             # while touching the edge in short runs (strokes, not a table beyond the page), or
-            # overlaps without growing it by half (a stroke that left the frame and came back).
-            stroke = part.contact < EDGE_RUN and (part.mass >= main.mass or _within(part, box))
+            # overlaps without growing it by half (a stroke that left the frame and came back), or
+            # is its bar (a 5's, written apart, along the top edge).
+            stroke = part.contact < EDGE_RUN and (
+                part.mass >= main.mass or _within(part, box) or _bar_over(part.box, box)
+            )
             if part.border and not (main.border or stroke):
                 continue
             near = max(reach, 0.2 * max(part.box[2] - part.box[0], part.box[3] - part.box[1]))
