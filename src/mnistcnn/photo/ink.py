@@ -146,8 +146,8 @@ def _flat(values: np.ndarray, side: np.ndarray, contrast: float) -> bool:
 def _cut(
     stroke: np.ndarray, other: np.ndarray, connect_other: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """`stroke`'s and `other`'s pieces (labels, areas) when `stroke` is one piece (pieces under
-    0.5 % of the frame left out) that cuts `other` into three or more; else None."""
+    """`stroke`'s and `other`'s pieces (label image, areas; `other`'s under 0.5 % of the frame
+    as 0) when `stroke` is one piece (not counting those) cutting `other` into three or more."""
     least = 0.005 * stroke.size
     labels, count = ndimage.label(stroke, structure=np.ones((3, 3)))
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
