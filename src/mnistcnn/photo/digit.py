@@ -240,10 +240,10 @@ def _found_digit(found: ink.Found) -> tuple[ink.Found, list[ink.Part]]:
     """The digit's pieces of ink, found again with the frame mirrored (`ink.flatten`) when they
     touch its edge: a stroke along the edge (a 7's bar, a 5's top) passes for paper otherwise."""
     parts = _digit_parts(_unframed(found))
-    if found.alpha is not None or not any(p.border for p in parts):
+    if found.dark is None or not any(p.border for p in parts):
         return found, parts
     try:
-        found = ink.find(found.rgb, reflect=True)
+        found = ink.find(found.rgb, reflect=True, dark=found.dark)
     except ImageError:
         return found, parts
     return found, _digit_parts(_unframed(found))

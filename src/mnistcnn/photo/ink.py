@@ -77,7 +77,7 @@ class Found:
     """Everything found in one image: the ink and its connected pieces."""
 
     rgb: np.ndarray
-    alpha: np.ndarray | None  # a transparent background's opacity, taken as the ink
+    dark: bool | None  # dark ink on light paper; None: a transparent background's opacity is ink
     contrast: np.ndarray  # ink contrast above the paper's level
     peak: float  # the strongest ink's contrast
     labels: np.ndarray  # each pixel's piece (0: not ink)
@@ -131,11 +131,16 @@ def dark_ink(luminance: np.ndarray) -> bool:
     return deviation[1] < LIGHT_INK_ODDS * deviation[-1]
 
 
+def _rim(mask: np.ndarray) -> np.ndarray:
+    """The values along the frame's edge (its corners twice)."""
+    return np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+
+
 def _flat(values: np.ndarray, side: np.ndarray, contrast: float) -> bool:
     """Whether this side holds the other along the frame's edge (under a fifth of it left) and
     is even away from its own edge: a digital image's background, not light falling off into a
     vignette's dark corners."""
-    rim = np.concatenate([side[0], side[-1], side[:, 0], side[:, -1]])
+    rim = _rim(side)
     inside = values[ndimage.binary_erosion(side, iterations=4)]
     if rim.mean() <= 0.8 or inside.size == 0:
         return False
@@ -165,8 +170,8 @@ def _whole(stroke: np.ndarray, other: np.ndarray) -> bool:
     cut = _cut(stroke, other)
     if cut is None:
         return False
-    others, sizes = cut[2], cut[3]
-    rim = np.concatenate([stroke[0], stroke[-1], stroke[:, 0], stroke[:, -1]])
+    _, _, others, sizes = cut
+    rim = _rim(stroke)
     radius = ndimage.distance_transform_edt(np.pad(stroke, 1)).max()
     if (
         rim.mean() >= 0.8
@@ -174,7 +179,7 @@ def _whole(stroke: np.ndarray, other: np.ndarray) -> bool:
         or radius >= WHOLE_RADIUS * max(stroke.shape)
     ):
         return False
-    at_edge = np.concatenate([others[0], others[-1], others[:, 0], others[:, -1]])
+    at_edge = _rim(others)
     for label in np.setdiff1d(np.flatnonzero(sizes) + 1, at_edge):
         hole = np.pad(others == label, 1)
         if sizes[label - 1] >= HOLE_ELONGATION * ndimage.distance_transform_edt(hole).max() ** 2:
@@ -189,7 +194,7 @@ def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
     cut = _cut(stroke, other, np.ones((3, 3)))
     if cut is None:
         return False
-    labels, areas = cut[0], cut[1]
+    labels, areas, _, _ = cut
     piece = labels == int(np.argmax(areas)) + 1
     sides = (piece[0], piece[-1], piece[:, 0], piece[:, -1])
     if max(float(side.mean()) for side in sides) >= 0.5:  # along half a side: a page, not ink
@@ -200,15 +205,15 @@ def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
     )
 
 
-def flatten(rgb: np.ndarray, reflect: bool = False) -> np.ndarray:
-    """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke.
+def flatten(rgb: np.ndarray, dark: bool, reflect: bool = False) -> np.ndarray:
+    """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke
+    (or chalk, not `dark`).
 
     The paper beyond the frame is taken as its edge's (a vignette's dark corners stay out of
     the estimate) or, with `reflect`, as the frame mirrored (a stroke running along the edge,
     longer than the window, stays ink instead of passing for paper).
     """
     height, width = rgb.shape[:2]
-    dark = dark_ink(np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255)
     # The darkest channel carries a pen's contrast whatever its colour, the brightest a chalk's;
     # each weighed by the paper's level in it (tinted paper), a colour it hardly reflects left out.
     if dark:
@@ -263,9 +268,22 @@ def analyse(img: Image.Image) -> Found:
     return find(*to_working(img))
 
 
-def find(rgb: np.ndarray, alpha: np.ndarray | None = None, *, reflect: bool = False) -> Found:
-    """The pieces of ink in a working-size image (`to_working`); `reflect` as in `flatten`."""
-    contrast, mask, peak = _ink_mask(alpha if alpha is not None else flatten(rgb, reflect))
+def find(
+    rgb: np.ndarray,
+    alpha: np.ndarray | None = None,
+    *,
+    reflect: bool = False,
+    dark: bool | None = None,
+) -> Found:
+    """The pieces of ink in a working-size image (`to_working`); `reflect` as in `flatten`, the
+    polarity `dark_ink`'s unless given."""
+    if alpha is None:
+        if dark is None:
+            dark = dark_ink(np.asarray(Image.fromarray(rgb, "RGB").convert("L"), np.float32) / 255)
+        ink = flatten(rgb, dark, reflect)
+    else:
+        ink, dark = alpha, None
+    contrast, mask, peak = _ink_mask(ink)
     labels, count = ndimage.label(remove_lines(mask), structure=np.ones((3, 3)))
     masses = ndimage.sum_labels(contrast, labels, np.arange(1, count + 1))
     # Each piece's strongest ink, without sorting the frame (as ndimage.maximum does).
@@ -282,7 +300,7 @@ def find(rgb: np.ndarray, alpha: np.ndarray | None = None, *, reflect: bool = Fa
             parts.append(Part(label, box, *values))
     if not parts:
         raise ImageError("no digit found (no ink stands out from the background)")
-    return Found(rgb, alpha, contrast, peak, labels, parts)
+    return Found(rgb, dark, contrast, peak, labels, parts)
 
 
 def analyse_file(path: str | Path) -> Found:
