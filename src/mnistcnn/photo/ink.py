@@ -28,16 +28,18 @@ LIGHT_INK_ODDS = 10.0
 # a page strip between a table's bands), 5-13.
 STROKE_ELONGATION = 16.0
 # A background this even (its 5th-95th percentile spread over the contrast of ink and paper)
-# around a broad stroke is a digital image's: over 10,800 generated photos where it could
-# decide, a filled digit's background measured 0-0.49 (a light digit enlarged smoothly from a
-# few pixels, its halo lifting the dark around it: 0.30), a vignette's dark corners 0.55 or more.
+# around a broad stroke is a digital image's. Over 10,000 generated photos, where this would
+# call the thinner light side ink: white-on-black filled digits measured 0-0.44 (one 0.74; a
+# smoothly enlarged scan's halo 0.30) and chalk boards 0.49-0.53, rightly; a vignette's dark
+# corners 0.55 up and mixed photos 0.59 up, wrongly.
 FLAT_SPREAD = 0.4
 # A digit cropped to its ink (no paper around it to tell which side is ink) is one piece that
-# cuts the paper into corners and loops. Over 10,800 generated photos where this decided, the
-# ink's widest spot measured 0.08-0.36 of the frame's longer side, a page's between dark
-# corners or a table 0.21 up; a digit's loops' elongation (as for STROKE_ELONGATION) up to 9,
-# a digit held in a page's hole mostly 10 up. MNIST digits scanned at 8 px, cropped: ink held
-# up to 0.56 of the frame (white on black), paper 0.57 up (black on white).
+# cuts the paper into corners and loops. Over 10,000 generated photos, where this decided for
+# light ink: a digit's widest spot measured 0.10-0.36 of the frame's longer side, a page's
+# between dark corners or a table's 0.21 up; a digit's loops' elongation (as for
+# STROKE_ELONGATION) up to 9.1 (one chalk digit 15), a page's hole holding a digit 5.3 up, all
+# but three over 10. MNIST digits scanned at 8 px and cropped, where it flipped the answer: the
+# ink held 0.39-0.56 of the frame (white on black), the paper 0.57-0.68 (black on white).
 WHOLE_RADIUS = 0.2
 HOLE_ELONGATION = 10.0
 WHOLE_SHARE = 0.55
