@@ -54,7 +54,7 @@ INK_LEVEL = 0.45
 # Pieces are traced down to this fraction (hysteresis): a fading stroke stays one piece, kept
 # only if it also holds ink above INK_LEVEL.
 FAINT_LEVEL = 0.25
-# Below this contrast against the paper (a fraction of the paper's brightness) there is no digit.
+# Below this contrast against the paper (as a fraction: see `flatten`) there is no digit.
 MIN_CONTRAST = 0.12
 
 
@@ -209,7 +209,9 @@ def _broad(stroke: np.ndarray, other: np.ndarray) -> bool:
 
 def flatten(rgb: np.ndarray, dark: bool, reflect: bool = False) -> np.ndarray:
     """Ink contrast per pixel with the light flattened: 0 on paper, ~0.85 on a black pen stroke
-    (or chalk, not `dark`).
+    (or chalk, not `dark`). A pen's is a fraction of the paper's level; chalk's a fraction of
+    the paper's distance from white, times the picture's typical distance (a light page's
+    noise is not made strong): a picture and its negative differ by a constant factor.
 
     The paper beyond the frame is taken as its edge's (a vignette's dark corners stay out of
     the estimate) or, with `reflect`, as the frame mirrored (a stroke running along the edge,
@@ -239,7 +241,10 @@ def flatten(rgb: np.ndarray, dark: bool, reflect: bool = False) -> np.ndarray:
     closed = second(first(padded, size=window), size=window + 2 * SPILL)
     closed = closed[window:-window, window:-window]
     back = _resize(closed, (width, height), Image.Resampling.BILINEAR)
-    return (back - smooth) / np.maximum(back, 0.02) if dark else smooth - back
+    if dark:
+        return (back - smooth) / np.maximum(back, 0.02)
+    room = 1 - back
+    return (smooth - back) / np.maximum(room, 0.02) * float(np.median(room))
 
 
 def _ink_mask(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
