@@ -328,10 +328,9 @@ def test_white_on_black_is_read_as_its_negative(
 ) -> None:
     # Light ink's contrast is relative to the paper's distance from white, as dark ink's is to
     # its distance from black: a digit and its negative, their polarity known, have the same
-    # ink (to a factor) and the same 28x28 image. Taken against black instead, 12 of 400 MNIST
-    # digits scanned at 8 px and cropped, white on black, read otherwise than their negatives,
-    # 8 of them wrongly (a 7's bar along the top edge, where the paper's estimate takes in
-    # ink, lost: read as 1).
+    # ink (to a factor) and the same 28x28 image. Taken against black instead, a white digit
+    # lost a stroke along the edge where the paper's estimate takes in ink (a 7's bar: read as
+    # 1) that its black negative kept.
     for digit in test_digits[0][:12]:
         rgb, _ = to_working(_scan(digit, low, 20 * low, Image.Resampling.NEAREST))
         black, white = find(rgb, dark=True), find(255 - rgb, dark=False)
