@@ -169,18 +169,15 @@ def _whole(stroke: np.ndarray, other: np.ndarray) -> bool:
     """Whether `stroke` is a digit cropped to its ink, the paper left in its corners and loops:
     one piece cutting `other` into three or more, narrow, the lesser side, under four fifths of
     the frame's edge, holding no elongated piece of `other` (a page holds the digit itself)."""
+    if _rim(stroke).mean() >= 0.8 or stroke.mean() >= WHOLE_SHARE:
+        return False
     cut = _cut(stroke, other)
     if cut is None:
         return False
-    _, _, others, sizes = cut
-    rim = _rim(stroke)
     radius = ndimage.distance_transform_edt(np.pad(stroke, 1)).max()
-    if (
-        rim.mean() >= 0.8
-        or stroke.mean() >= WHOLE_SHARE
-        or radius >= WHOLE_RADIUS * max(stroke.shape)
-    ):
+    if radius >= WHOLE_RADIUS * max(stroke.shape):
         return False
+    _, _, others, sizes = cut
     at_edge = _rim(others)
     for label in np.setdiff1d(np.flatnonzero(sizes) + 1, at_edge):
         hole = np.pad(others == label, 1)
