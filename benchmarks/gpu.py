@@ -143,9 +143,10 @@ def main() -> None:
         f"CUDA {torch.version.cuda}, {torch.get_num_threads()} CPU threads",
         rows,
     )
-    from page import command_line, write_section
+    from page import command_line, copy_section, write_section
 
     write_section("GPU", command_line(), table)
+    copy_section("GPU", ROOT / "README.md", "On a GPU")
 
 
 if __name__ == "__main__":

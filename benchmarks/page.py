@@ -87,10 +87,8 @@ def _sections(text: str) -> list[tuple[str, list[str]]]:
     return parts
 
 
-def write_section(name: str, command: str, markdown: str, page: Path | None = None) -> None:
-    """Replace (or append) the section `## <name>` of `page` (docs/benchmarks.md) with a table."""
-    page = page or PAGE
-    body = f"## {name}\n\n{header(command)}\n{markdown.strip()}\n"
+def _replace(page: Path, name: str, body: str) -> None:
+    """Replace (or append) the section `## <name>` of `page` with `body`, atomically."""
     text = page.read_text(encoding="utf-8") if page.exists() else TITLE
     parts = _sections(text)
     blocks = ["\n".join(lines).strip() + "\n" for _, lines in parts]
@@ -104,6 +102,20 @@ def write_section(name: str, command: str, markdown: str, page: Path | None = No
     tmp.write_text("\n".join(block for block in blocks if block.strip()), encoding="utf-8")
     os.replace(tmp, page)
     print(f"wrote section '{name}' of {page}", file=sys.stderr)
+
+
+def write_section(name: str, command: str, markdown: str, page: Path | None = None) -> None:
+    """Replace (or append) the section `## <name>` of `page` (docs/benchmarks.md) with a table."""
+    _replace(page or PAGE, name, f"## {name}\n\n{header(command)}\n{markdown.strip()}\n")
+
+
+def copy_section(name: str, page: Path, as_name: str) -> None:
+    """Copy the section `## <name>` of docs/benchmarks.md, its header included, into `page` as
+    `## <as_name>` (the README's results are the Speed section as it was written)."""
+    sections = _sections(PAGE.read_text(encoding="utf-8"))
+    (lines,) = [lines for heading, lines in sections if heading == name]
+    body = "\n".join([f"## {as_name}", *lines[1:]]).strip() + "\n"
+    _replace(page, as_name, body)
 
 
 if __name__ == "__main__":

@@ -320,9 +320,10 @@ def main() -> None:
         f"CPU autocast: {amp or 'off (no native bf16)'}",
         rows,
     )
-    from page import command_line, write_section
+    from page import command_line, copy_section, write_section
 
     write_section("Speed", command_line(), table)
+    copy_section("Speed", ROOT / "README.md", "Results")
 
 
 if __name__ == "__main__":
