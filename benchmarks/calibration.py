@@ -11,6 +11,7 @@ trained first, seed 0, on the CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -36,8 +37,8 @@ HEADS = [
 def train(config: Path, data_dir: str, folder: Path) -> Path:
     """`config`'s model, trained with seed 0 on the CPU into `folder`."""
     path = folder / f"{config.stem}.pth"
-    sets = [f"data.root={data_dir}", "data.download=false", "train.device=cpu"]
-    sets += ["train.run_dir=null", "train.seed=0", f"train.output={path}"]
+    sets = [f"data.root={json.dumps(data_dir)}", "data.download=false", "train.device=cpu"]
+    sets += ["train.run_dir=null", "train.seed=0", f"train.output={json.dumps(str(path))}"]
     fit(load_config(config, sets), overwrite=True, progress=False)
     return path
 
