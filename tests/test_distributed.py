@@ -164,8 +164,10 @@ def _env(probe_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _drawn(probe_dir: Path, rank: int, restart: int = 0) -> list[list[int]]:
+    """The batches `rank` drew in attempt `restart` (none if it drew none)."""
     path = probe_dir / f"rank{rank}-restart{restart}.txt"
-    return [list(map(int, line.split())) for line in path.read_text().splitlines()]
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [list(map(int, line.split())) for line in lines]
 
 
 def _train_args(data_dir: Path, out: Path) -> list[str]:
@@ -255,21 +257,28 @@ def test_a_killed_rank_stops_the_run_and_a_restart_resumes_it(
     assert f"--resume {out.with_suffix('.ckpt')}" in error
     assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["epoch"] == 1
 
-    # With a restart allowed, torchrun starts both again and they go on from epoch 1's
-    # checkpoint: the result is bit-identical to the run that never crashed.
+    # With restarts allowed, torchrun starts both again and they go on from epoch 1's
+    # checkpoint: the result is bit-identical to the run that never crashed. (Two are allowed:
+    # under load, Gloo has been seen to abort a restarted process once, "terminate called
+    # without an active exception"; a second restart resumes from the last saved epoch too.)
     for path in tmp_path.glob("*.txt"):
         path.unlink()
     proc = subprocess.run(
-        [*args, "--max-restarts", "1", "--overwrite"],
+        [*args, "--max-restarts", "2", "--overwrite"],
         capture_output=True,
         text=True,
         env=env,
         cwd=repo,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resuming after epoch 1" in proc.stdout
-    assert len(_drawn(tmp_path, 1, restart=1)) == STEPS  # only epoch 2 trained again
+    # Each restart trained epoch 2 again (or the part before it stopped), drawing the batches
+    # the uninterrupted run drew in epoch 2.
+    epoch2 = _drawn(ddp_run["probe"], 1)[STEPS:]
+    retrained = [_drawn(tmp_path, 1, restart) for restart in (1, 2)]
+    assert all(drawn == epoch2[: len(drawn)] for drawn in retrained)
+    assert epoch2 in retrained
     crashed = torch.load(out, weights_only=True)
     clean = torch.load(ddp_run["out"], weights_only=True)
     for key, value in clean.items():
