@@ -10,6 +10,7 @@ Accuracy only: the trainings share the device, so their times say nothing and ar
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import statistics
 import sys
@@ -50,10 +51,10 @@ def train(job: tuple[str, int, str, str, Path]) -> dict:
 
     path = folder / f"{name}-seed{seed}.pth"
     sets = [
-        f"data.root={data_dir}",
+        f"data.root={json.dumps(str(data_dir))}",  # quoted: a path is any string
         f"train.device={device}",
         "train.run_dir=null",
-        f"train.output={path}",
+        f"train.output={json.dumps(str(path))}",
         f"train.seed={seed}",
         *VARIANTS[name][1],
     ]
