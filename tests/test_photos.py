@@ -719,3 +719,17 @@ def test_a_stroke_split_at_the_frames_edge_stays_with_its_digit() -> None:
     draw.rectangle((30, 40, 70, 54), fill=235)  # the left side's break
     draw.rectangle((150, 62, 190, 76), fill=235)  # the right side's, lower
     assert np.allclose(preprocess_image(page).box, (40, 0, 181, 241), atol=4)
+
+
+@pytest.mark.parametrize(("grey", "joined"), [(60, True), (120, False)])
+def test_a_fainter_piece_beside_the_digit_is_not_its_own(grey: int, joined: bool) -> None:
+    # A 1 in dark ink and a thin line beside it, within reach: in dark ink (0.76 of the 1's
+    # strength, thinner) it is a stroke of the digit; in grey (0.5), like a page edge's rim or
+    # paper noise, it is not. The frame is scaled to 256 px: the line stands at 154.
+    page = Image.new("L", (300, 300), 235)
+    draw = ImageDraw.Draw(page)
+    draw.line((150, 60, 150, 230), fill=30, width=12)
+    draw.line((180, 100, 180, 190), fill=grey, width=5)
+    result = preprocess_image(page)
+    assert result.frame == (256, 256)
+    assert (result.box[2] > 150) == joined
