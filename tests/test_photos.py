@@ -733,3 +733,13 @@ def test_a_fainter_piece_beside_the_digit_is_not_its_own(grey: int, joined: bool
     result = preprocess_image(page)
     assert result.frame == (256, 256)
     assert (result.box[2] > 150) == joined
+
+
+def test_a_fainter_piece_in_the_digits_box_is_its_own() -> None:
+    # A U in dark ink and a grey stroke inside it (a low-resolution scan's lighter block lies
+    # so, touching or within the digit's box): drawn in the 28x28, down its middle.
+    page = Image.new("L", (300, 300), 235)
+    draw = ImageDraw.Draw(page)
+    draw.line((100, 60, 100, 230, 170, 230, 170, 60), fill=30, width=12)
+    draw.line((135, 90, 135, 170), fill=120, width=8)
+    assert preprocess_image(page).image[6:18, 12:16].max() > 0.5

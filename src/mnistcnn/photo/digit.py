@@ -27,10 +27,9 @@ STROKE_RANGE = (0.09, 0.18)
 CROP_SIDE = 96
 # Pieces with less of the largest piece's ink are specks; more may be a dotted stroke.
 SPECK_MASS = 0.005
-# Pieces whose strongest ink is under this share of the digit's are not its own: one pen draws
-# a digit's pieces alike, a page edge's rim or paper noise beside it is fainter. (In the photos
-# benchmark, 22 of the 339 pieces joined in 300 photos per condition were under it; left out, 18
-# of 1,000 per condition's 25,000 28x28s changed, and 2 fewer were misread.)
+# Pieces apart from the digit whose strongest ink is under this share of its own are not its
+# own: one pen draws a digit's pieces alike, a page edge's rim or paper noise beside it is
+# fainter. (A lighter block touching or in the digit's box, as a low-resolution scan's, joins.)
 JOIN_STRENGTH = 0.6
 # A bar apart over a digit's top (a 5's) stands within this fraction of its height above it:
 # 9 in 10 of MNIST's 124 within 0.23; a blurred photo's gap is wider.
@@ -107,7 +106,8 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
         reach = 0.2 * max(box[2] - box[0], box[3] - box[1])
         for part in parts:
             speck = part.mass < SPECK_MASS * main.mass
-            if part in chosen or speck or part.strength < JOIN_STRENGTH * main.strength:
+            faint = part.strength < JOIN_STRENGTH * main.strength and ink.gap(part.box, box) > 0
+            if part in chosen or speck or faint:
                 continue
             # Ink at the edge joins a digit at the edge (cropped tightly), or one it outweighs
             # while touching the edge in short runs (strokes, not a table beyond the page), or
