@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from page import command_line, write_section
 
 from mnistcnn.bundled import BUNDLED
 from mnistcnn.checkpoint import load_model, load_state, save_model
-from mnistcnn.config.build import load_config
+from mnistcnn.config.build import load_config, override
 from mnistcnn.train.fitting import fit
 
 RECIPE = "configs/base.yaml"
@@ -36,10 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def build(data_dir: str, out: Path) -> dict:
     """Train the base recipe on the CPU into `out`; its metadata, timing left out."""
     sets = [
-        f"data.root={json.dumps(data_dir)}",
+        override("data.root", data_dir),
         "train.device=cpu",
         f"train.threads={THREADS}",
-        f"train.output={json.dumps(str(out))}",
+        override("train.output", out),
         "train.run_dir=null",
     ]
     fit(load_config(ROOT / RECIPE, sets), progress=sys.stderr.isatty())

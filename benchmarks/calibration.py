@@ -11,7 +11,6 @@ trained first, seed 0, on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from page import command_line, write_section
 
 from mnistcnn.bundled import BUNDLED
-from mnistcnn.config.build import load_config
+from mnistcnn.config.build import load_config, override
 from mnistcnn.evaluate import evaluate_models
 from mnistcnn.train.fitting import fit
 
@@ -37,8 +36,8 @@ HEADS = [
 def train(config: Path, data_dir: str, folder: Path) -> Path:
     """`config`'s model, trained with seed 0 on the CPU into `folder`."""
     path = folder / f"{config.stem}.pth"
-    sets = [f"data.root={json.dumps(data_dir)}", "data.download=false", "train.device=cpu"]
-    sets += ["train.run_dir=null", "train.seed=0", f"train.output={json.dumps(str(path))}"]
+    sets = [override("data.root", data_dir), "data.download=false", "train.device=cpu"]
+    sets += ["train.run_dir=null", "train.seed=0", override("train.output", path)]
     fit(load_config(config, sets), overwrite=True, progress=False)
     return path
 

@@ -10,7 +10,6 @@ Accuracy only: the trainings share the device, so their times say nothing and ar
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import sys
@@ -46,15 +45,15 @@ def train(job: tuple[str, int, str, str, Path]) -> dict:
     """One variant and seed trained in this worker process; its test accuracy and model file."""
     name, seed, data_dir, device, folder = job
     torch.set_num_threads(2)  # several workers share the CPU cores
-    from mnistcnn.config.build import load_config
+    from mnistcnn.config.build import load_config, override
     from mnistcnn.train.fitting import fit
 
     path = folder / f"{name}-seed{seed}.pth"
     sets = [
-        f"data.root={json.dumps(str(data_dir))}",  # quoted: a path is any string
+        override("data.root", data_dir),
         f"train.device={device}",
         "train.run_dir=null",
-        f"train.output={json.dumps(str(path))}",
+        override("train.output", path),
         f"train.seed={seed}",
         *VARIANTS[name][1],
     ]

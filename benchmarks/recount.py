@@ -12,7 +12,6 @@ write them: the network comes from the `.pth`, the training split from the `.yam
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 from page import command_line, write_section
 
 from mnistcnn.checkpoint import load_model, load_training_state
-from mnistcnn.config.build import load_config
+from mnistcnn.config.build import load_config, override
 from mnistcnn.data import load_splits
 from mnistcnn.train.loops import evaluate, recount_batchnorm
 
@@ -33,7 +32,7 @@ BATCH = 1000  # test images per forward pass
 def measure(ckpt: Path, data_dir: str, counts: list[int]) -> tuple[list[float], list[str]]:
     """Test accuracies (saved .pth, last epoch, each recount) and the notes: the saved epoch, the
     recount's seconds per 10,000 images, the run's own `train_seconds`."""
-    cfg = load_config(ckpt.with_suffix(".yaml"), [f"data.root={json.dumps(data_dir)}"])
+    cfg = load_config(ckpt.with_suffix(".yaml"), [override("data.root", data_dir)])
     splits = load_splits(cfg.data)
     saved = load_model(ckpt.with_suffix(".pth"))
     last = load_training_state(ckpt)["model"]

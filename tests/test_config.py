@@ -17,6 +17,7 @@ from mnistcnn.config.build import (
     load_config,
     losses,
     optimizers,
+    override,
     parse_overrides,
     schedulers,
     to_dict,
@@ -417,3 +418,9 @@ def test_a_number_argument_takes_any_number_but_not_a_bool() -> None:
     assert cfg.optim.kwargs["momentum"] == 0.9
     with pytest.raises(ConfigError, match=r"optim.momentum: expected a number, got True"):
         load_config(None, ["optim.momentum=true"])
+
+
+def test_override_gives_a_key_exactly_its_value() -> None:
+    path = Path("/tmp/a: b #c/data")
+    cfg = load_config(None, [override("data.root", path), override("train.output", path / "m.pth")])
+    assert (cfg.data.root, cfg.train.output) == (str(path), str(path / "m.pth"))

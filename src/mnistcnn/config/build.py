@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 import types
 import typing
@@ -210,6 +211,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
                 raise ConfigError(f"--set {key}: {part!r} is set to a value above")
         node[parts[-1]] = parse_yaml(text, f"--set {key}")
     return layer
+
+
+def override(key: str, value: Any) -> str:
+    """The `--set` item that gives `key` exactly `value`: JSON-quoted, which YAML reads back
+    (a path with ': ' or '#' in it would not parse bare)."""
+    return f"{key}={json.dumps(value, default=str)}"
 
 
 def read_yaml_file(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistcnn.config.build import build, merge, parse_overrides, read_yaml_file, replace_config
+from mnistcnn.config.build import (
+    build,
+    merge,
+    override,
+    parse_overrides,
+    read_yaml_file,
+    replace_config,
+)
 from mnistcnn.config.schema import Component, Config, check
 from mnistcnn.errors import ConfigError
 
@@ -129,7 +136,7 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
     search = merge(search, parse_overrides(search_sets).get("search", {}), by_name=False)
     # The file's sections go in as one layer of section-wide sets, so searched and fixed values
     # layer exactly as `--config` + `--set` do (a renamed component drops its old arguments).
-    file_layer = [f"{section}={json.dumps(value, default=str)}" for section, value in raw.items()]
+    file_layer = [override(section, value) for section, value in raw.items()]
     base_sets = [s for s in sets if s not in search_sets]
     base = replace_config(replace_config(Config(), file_layer), base_sets)
     if "space" in search:
@@ -140,8 +147,8 @@ def load_tune_config(path: str | Path | None, overrides: Iterable[str] = ()) -> 
 def trial_config(tune: TuneConfig, params: Mapping[str, Any], output: str | Path) -> Config:
     """The base config with a trial's parameters (as the study stores them) as one `--set` layer."""
     decode = {s.key: s.value for s in tune.search.space}
-    sets = [f"{k}={json.dumps(decode[k](v) if k in decode else v)}" for k, v in params.items()]
-    return replace_config(tune.base, [*sets, f"train.output={json.dumps(str(output))}"])
+    sets = [override(k, decode[k](v) if k in decode else v) for k, v in params.items()]
+    return replace_config(tune.base, [*sets, override("train.output", output)])
 
 
 def parse_space(raw: Any) -> tuple[Space, ...]:
