@@ -11,7 +11,8 @@
 3. Eval throughput: `mnistcnn eval`'s path, float32 and `--amp`, vs the example's test loop on
    the same weights, for fast.yaml's model and the bundled one (base.yaml's).
 4. Predict cold start: `mnistcnn predict one.png` vs `python -c "import torch"`.
-5. Threads: training images/s at 1 and 2 torch threads.
+5. Threads and precision: training images/s at 1 and 2 torch threads, and in float32 against
+   bf16 autocast (which `train.amp` picks on this CPU).
 (benchmarks/gpu.py measures a CUDA GPU.)
 Run it on an otherwise idle machine: the figures are wall-clock times.
 """
@@ -39,7 +40,7 @@ from mnistcnn.checkpoint import load_model
 from mnistcnn.config.build import load_config
 from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
 from mnistcnn.model.nets import build_model
-from mnistcnn.train.build import autocast, autocast_dtype
+from mnistcnn.train.build import autocast_dtype
 from mnistcnn.train.fitting import fit
 from mnistcnn.train.loops import predict_logits
 
@@ -171,33 +172,34 @@ def cold_start(model_path: Path, data_dir: str, repeats: int = 5) -> tuple[float
     return statistics.median(times["torch"]), statistics.median(times["predict"])
 
 
-def thread_throughput(data_dir: str, steps: int = 40) -> dict[int, float]:
-    """Training images/s of fast.yaml's model at 1 and 2 torch threads."""
-    cfg = load_config(ROOT / "configs" / "fast.yaml", [f"data.root={data_dir}"])
+def step_throughput(
+    data_dir: str, config: str, threads: int, dtype: torch.dtype | None, steps: int = 40
+) -> float:
+    """Training images/s of a config's model (forward, backward, SGD step on one batch) at
+    `threads` torch threads, in float32 (`dtype` None) or under autocast to `dtype`."""
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml", [f"data.root={data_dir}"])
     train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
     images = to_float(train.images[: cfg.data.batch_size]).contiguous(
         memory_format=torch.channels_last
     )
     labels = train.labels[: cfg.data.batch_size]
     before = torch.get_num_threads()
-    rates = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        model = build_model(cfg.model.name, dict(cfg.model.kwargs)).to(
-            memory_format=torch.channels_last
-        )
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        for step in range(steps + 5):
-            if step == 5:  # warm-up done
-                t0 = time.perf_counter()
-            optimizer.zero_grad()
-            with autocast(torch.device("cpu"), cfg.train.amp):
-                loss = F.cross_entropy(model(images).float(), labels)
-            loss.backward()
-            optimizer.step()
-        rates[threads] = steps * len(labels) / (time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    model = build_model(cfg.model.name, dict(cfg.model.kwargs)).to(
+        memory_format=torch.channels_last
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for step in range(steps + 5):
+        if step == 5:  # warm-up done
+            t0 = time.perf_counter()
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+    rate = steps * len(labels) / (time.perf_counter() - t0)
     torch.set_num_threads(before)
-    return rates
+    return rate
 
 
 def print_table(machine: str, rows: list[tuple[str, str, str]]) -> str:
@@ -304,8 +306,9 @@ def main() -> None:
         )
     )
 
-    print("5. threads", flush=True)
-    rates = thread_throughput(args.data_dir)
+    print("5. threads and precision", flush=True)
+    amp = autocast_dtype(torch.device("cpu"))
+    rates = {n: step_throughput(args.data_dir, "fast", n, amp) for n in (1, 2)}
     rows.append(
         (
             "training images/s at 1 / 2 threads",
@@ -313,11 +316,27 @@ def main() -> None:
             f"{rates[2] / rates[1]:.2f}x from the 2nd",
         )
     )
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else bf16 is emulated: no contest
+        threads = torch.get_num_threads()
+        for name in ("fast", "base"):
+            # Taken in turns, 3 of each, medians: a shared machine's speed drifts within a minute.
+            turns = [
+                [step_throughput(args.data_dir, name, threads, t) for t in (None, torch.bfloat16)]
+                for _ in range(3)
+            ]
+            f32, bf16 = (statistics.median(rates) for rates in zip(*turns, strict=True))
+            rows.append(
+                (
+                    f"bf16 against float32: {name}.yaml's model, training images/s",
+                    f"{f32:,.0f} vs {bf16:,.0f}",
+                    f"bf16 {bf16 / f32:.2f}x float32's speed; "
+                    f"train.amp trains in {amp or 'float32'} on this CPU",
+                )
+            )
 
-    amp = autocast_dtype(torch.device("cpu"))
     table = print_table(
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"CPU autocast: {amp or 'off (no native bf16)'}",
+        f"CPU autocast: {amp or 'off (float32: bf16 not faster here)'}",
         rows,
     )
     from page import command_line, copy_section, write_section

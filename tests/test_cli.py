@@ -368,7 +368,7 @@ def test_eval_amp_answers_as_float32_within_a_few_images(
 ) -> None:
     code, out, _ = cli(capsys, "eval", tiny_run["path"], "--data-dir", data_dir, "--json", "--amp")
     assert code == 0
-    # bf16 on CPUs that have it (float32 elsewhere): a few borderline answers may change.
+    # bf16 on CPUs where it is faster (float32 elsewhere): a few borderline answers may change.
     assert json.loads(out)["accuracy"] == pytest.approx(tiny_run["test_accuracy"], abs=0.003)
 
 

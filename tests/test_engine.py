@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,15 @@ from mnistcnn.config.schema import Config
 from mnistcnn.data import Split
 from mnistcnn.errors import ConfigError, MnistCnnError, TrainingError
 from mnistcnn.model.nets import build_model
-from mnistcnn.train import loops
-from mnistcnn.train.build import build_loss, build_optimizer, build_scheduler, resolve_device
+from mnistcnn.train import build, loops
+from mnistcnn.train.build import (
+    autocast,
+    autocast_dtype,
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    resolve_device,
+)
 from mnistcnn.train.fitting import fit, output_paths
 from mnistcnn.train.loops import evaluate, train_one_epoch
 
@@ -455,6 +463,41 @@ def test_resolve_device_auto_and_cpu() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == CPU
+
+
+@pytest.mark.parametrize(
+    ("native", "vendor", "amx", "expected"),
+    [
+        (True, "GenuineIntel", True, torch.bfloat16),  # AMX tiles
+        (True, "AuthenticAMD", False, torch.bfloat16),  # AMD's AVX-512 BF16
+        (True, "GenuineIntel", False, None),  # Intel's AVX-512 BF16 alone: slower than float32
+        (True, "", False, torch.bfloat16),  # another maker with native bf16 (an Arm core)
+        (False, "AuthenticAMD", False, None),  # emulated bf16
+    ],
+)
+def test_cpu_autocast_is_bf16_only_where_it_is_faster(
+    monkeypatch: pytest.MonkeyPatch, native: bool, vendor: str, amx: bool, expected: Any
+) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(build, "cpu_vendor", lambda: vendor)
+    autocast_dtype.cache_clear()
+    try:
+        assert autocast_dtype(CPU) is expected
+        with autocast(CPU, enabled=True):
+            assert torch.is_autocast_enabled("cpu") is (expected is not None)
+    finally:
+        autocast_dtype.cache_clear()  # the next caller sees this machine again
+
+
+def test_cpu_vendor_is_the_processors_own_name() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    vendor = build.cpu_vendor()
+    if "vendor_id" in text:
+        assert vendor and f"vendor_id\t: {vendor}\n" in text
+    else:
+        assert vendor == platform.processor()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -131,15 +132,28 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
     return _construct("sched", config_mod.schedulers()[cfg.sched.name], optimizer, **kwargs)
 
 
+def cpu_vendor() -> str:
+    """The CPU's maker as the processor names it (GenuineIntel, AuthenticAMD, ...), or ''."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.partition(":")[2].strip()
+    return platform.processor()  # Windows names the maker there; elsewhere often ''
+
+
 @functools.cache  # asked every training step; the answer never changes
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision type that pays off on `device`, or None (stay in float32)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On a CPU only where the cores multiply bf16 natively (AVX-512 BF16, AMX): emulated, slower.
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None  # emulated bf16 is slower than float32
+    # oneDNN's bf16 convolutions beat float32 on AMX tiles and on AMD's AVX-512 BF16, but on an
+    # Intel core with AVX-512 BF16 and no AMX (Cooper Lake, or a VM hiding AMX) they run slower
+    # than float32's: benchmarks/speed.py's "bf16 against float32" rows measure it.
+    if "Intel" in cpu_vendor() and not torch.cpu._is_amx_tile_supported():
+        return None
+    return torch.bfloat16
 
 
 def autocast(
