@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from mnistcnn import calibrate, evaluate
 from mnistcnn.calibrate import calibrate_logits, expected_calibration_error, fit_temperature, nll
 from mnistcnn.checkpoint import load_model, save_model
 from mnistcnn.cli import main
 from mnistcnn.config.schema import DataConfig
-from mnistcnn.data import split_train_val
+from mnistcnn.data import Split, split_train_val
 from mnistcnn.predict.classify import (
     VIEWS,
     classifier,
@@ -28,6 +29,7 @@ from mnistcnn.predict.classify import (
     views,
 )
 from mnistcnn.predict.files import predict_paths
+from mnistcnn.train import build
 
 
 def top_probs(confidence: list[float], predicted: list[int]) -> torch.Tensor:
@@ -130,6 +132,32 @@ def test_probabilities_of_an_uncalibrated_model_are_the_raw_softmax() -> None:
     meta = {"temperature": 2.0, "tta_temperature": 0.5}
     assert torch.allclose(probabilities(logits, meta, False), torch.softmax(logits[0] / 2, 1))
     assert torch.allclose(probabilities(logits, meta, True), torch.softmax(logits.mean(0) * 2, 1))
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_eval_amp_runs_the_tta_views_in_bf16_too(
+    monkeypatch: pytest.MonkeyPatch,
+    mnist_test: Any,
+    tiny_run: dict,
+    data_dir: Path,
+    tmp_path: Path,
+    amp: bool,
+) -> None:
+    test = Split(mnist_test.images[:200], mnist_test.labels[:200])
+    monkeypatch.setattr(evaluate, "load_mnist", lambda *args, **kwargs: test)
+    monkeypatch.setattr(build, "autocast_dtype", lambda device: torch.bfloat16)  # as with AMX
+    seen = []
+
+    def spy(model: Any, images: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return images_view_logits(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(calibrate, "images_view_logits", spy)
+    monkeypatch.setattr(evaluate, "images_view_logits", spy)
+    copy = shutil.copy(tiny_run["path"], tmp_path / "copy.pth")
+    for paths in ([tiny_run["path"]], [tiny_run["path"], copy]):  # one model, an ensemble
+        evaluate.evaluate_models(paths, data_dir, torch.device("cpu"), use_tta=True, amp=amp)
+    assert seen == [amp, amp]
 
 
 @pytest.mark.slow

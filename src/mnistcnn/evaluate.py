@@ -27,6 +27,7 @@ from mnistcnn.predict.classify import (
     probabilities,
     stored_temperatures,
 )
+from mnistcnn.train.build import autocast
 from mnistcnn.train.loops import predict_logits
 
 
@@ -54,9 +55,10 @@ def evaluate_models(
         report = classification_report(logits[0], test.labels)
         report["stored_accuracy"] = models[0].meta.get("test_accuracy")
         how = {"download": download, "batch_size": batch_size, "use_tta": use_tta}
-        report["calibration"] = evaluate_calibration(
-            models[0], paths[0], test, logits[0], data_dir, **how
-        )
+        with autocast(device, amp):  # `--amp` covers the TTA views (and a temperature fit)
+            report["calibration"] = evaluate_calibration(
+                models[0], paths[0], test, logits[0], data_dir, **how
+            )
         return report
     # As for one model: a member without a stored temperature gets one fitted now.
     temperatures, fitted = [], []
@@ -80,7 +82,8 @@ def evaluate_models(
     }
     if use_tta:  # as `predict --tta -m A -m B`: the ensemble's log-probabilities over the views
         ensemble = Ensemble(models, temperatures)
-        views = images_view_logits(ensemble, test.images, batch_size)
+        with autocast(device, amp):
+            views = images_view_logits(ensemble, test.images, batch_size)
         tta = probabilities(views, ensemble.meta, use_tta=True)
         report["ensemble"]["tta"] = {
             "views": len(views),
