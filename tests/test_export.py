@@ -154,8 +154,10 @@ def test_int8_loses_at_most_0_3_points(
     report = export_model(pth, out, fmt=fmt, fuse_bn=True, quantize="int8", data_dir=data_dir)
     accuracy = runner(fmt, out.read_bytes())(test_images).argmax(1) == mnist_test.labels.numpy()
     assert accuracy.mean() == pytest.approx(report.accuracy)
-    # Loses at most 0.3 points (on the weak tiny model rounding can also win a few digits).
-    assert report.source_accuracy - report.accuracy <= 0.003, report
+    # Loses at most 0.3 points, counted in images (a float difference of 30 in 10,000 can exceed
+    # 0.003); on the weak tiny model rounding can also win a few digits.
+    lost = round((report.source_accuracy - report.accuracy) * report.images)
+    assert lost <= 0.003 * report.images, report
     assert abs(report.accuracy - report.source_accuracy) <= 0.01, report
     assert report.calibration == 1000
     # int8 weights: smaller, not only different (a TorchScript archive's code is a fixed cost)
