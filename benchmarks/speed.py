@@ -324,7 +324,7 @@ def main() -> None:
                 [step_throughput(args.data_dir, name, threads, t) for t in (None, torch.bfloat16)]
                 for _ in range(3)
             ]
-            f32, bf16 = (statistics.median(rates) for rates in zip(*turns, strict=True))
+            f32, bf16 = (statistics.median(taken) for taken in zip(*turns, strict=True))
             rows.append(
                 (
                     f"bf16 against float32: {name}.yaml's model, training images/s",
