@@ -105,9 +105,10 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
         grew = False
         reach = 0.2 * max(box[2] - box[0], box[3] - box[1])
         for part in parts:
-            speck = part.mass < SPECK_MASS * main.mass
-            faint = part.strength < JOIN_STRENGTH * main.strength and ink.gap(part.box, box) > 0
-            if part in chosen or speck or faint:
+            if part in chosen or part.mass < SPECK_MASS * main.mass:  # a speck
+                continue
+            gap = ink.gap(part.box, box)
+            if gap > 0 and part.strength < JOIN_STRENGTH * main.strength:  # apart and faint
                 continue
             # Ink at the edge joins a digit at the edge (cropped tightly), or one it outweighs
             # while touching the edge in short runs (strokes, not a table beyond the page), or
@@ -119,7 +120,7 @@ def _digit_parts(parts: list[ink.Part]) -> list[ink.Part]:
             if part.border and not (main.border or stroke):
                 continue
             near = max(reach, 0.2 * max(part.box[2] - part.box[0], part.box[3] - part.box[1]))
-            if ink.gap(part.box, box) <= near or _bar_over(part.box, box):
+            if gap <= near or _bar_over(part.box, box):
                 chosen.append(part)
                 box = ink.union([box, part.box])
                 grew = True
