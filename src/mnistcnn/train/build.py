@@ -148,9 +148,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None  # MPS, or a CPU without native bf16 (emulated: slower than float32)
-    # oneDNN's bf16 convolutions beat float32 on AMX tiles and on AMD's AVX-512 BF16, but on an
-    # Intel core with AVX-512 BF16 and no AMX (Cooper Lake, or a VM hiding AMX) they run slower
-    # than float32's: benchmarks/speed.py's "bf16 against float32" rows measure it.
+    # AMX tiles multiply bf16, and oneDNN's bf16 convolutions beat float32 on AMD's AVX-512 BF16;
+    # on an Intel Xeon with AVX-512 BF16 but no AMX they ran slower than float32's
+    # (benchmarks/speed.py's "bf16 against float32" rows measure a machine).
     if "Intel" in cpu_vendor() and not torch.cpu._is_amx_tile_supported():
         return None
     return torch.bfloat16
