@@ -38,7 +38,14 @@ import reference
 from mnistcnn.bundled import BUNDLED
 from mnistcnn.checkpoint import load_model
 from mnistcnn.config.build import load_config
-from mnistcnn.data import augment_batch, default_cache_dir, load_mnist, to_float, train_loader
+from mnistcnn.data import (
+    Split,
+    augment_batch,
+    default_cache_dir,
+    load_mnist,
+    to_float,
+    train_loader,
+)
 from mnistcnn.model.nets import build_model
 from mnistcnn.train.build import autocast_dtype
 from mnistcnn.train.fitting import fit
@@ -173,12 +180,11 @@ def cold_start(model_path: Path, data_dir: str, repeats: int = 5) -> tuple[float
 
 
 def step_throughput(
-    data_dir: str, config: str, threads: int, dtype: torch.dtype | None, steps: int = 40
+    config: str, train: Split, threads: int, dtype: torch.dtype | None, steps: int = 40
 ) -> float:
-    """Training images/s of a config's model (forward, backward, SGD step on one batch) at
-    `threads` torch threads, in float32 (`dtype` None) or under autocast to `dtype`."""
-    cfg = load_config(ROOT / "configs" / f"{config}.yaml", [f"data.root={data_dir}"])
-    train = load_mnist(data_dir, train=True, download=False, cache=default_cache_dir())
+    """Training images/s of a config's model (forward, backward, SGD step on one batch of
+    `train`) at `threads` torch threads, in float32 (`dtype` None) or under autocast to `dtype`."""
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml")
     images = to_float(train.images[: cfg.data.batch_size]).contiguous(
         memory_format=torch.channels_last
     )
@@ -220,7 +226,7 @@ def main() -> None:
     # The first optimizer built imports torch._dynamo (~1.5 s): library start-up like `import
     # torch`, paid here so that neither the reference nor fast.yaml is timed with it.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    load_mnist(args.data_dir, True, False, default_cache_dir())  # warm the tensor cache
+    train = load_mnist(args.data_dir, True, False, default_cache_dir())  # warm the tensor cache
     load_mnist(args.data_dir, False, False, default_cache_dir())
     rows = []
 
@@ -308,7 +314,7 @@ def main() -> None:
 
     print("5. threads and precision", flush=True)
     amp = autocast_dtype(torch.device("cpu"))
-    rates = {n: step_throughput(args.data_dir, "fast", n, amp) for n in (1, 2)}
+    rates = {n: step_throughput("fast", train, n, amp) for n in (1, 2)}
     rows.append(
         (
             "training images/s at 1 / 2 threads",
@@ -321,7 +327,7 @@ def main() -> None:
         for name in ("fast", "base"):
             # Taken in turns, 3 of each, medians: a shared machine's speed drifts within a minute.
             turns = [
-                [step_throughput(args.data_dir, name, threads, t) for t in (None, torch.bfloat16)]
+                [step_throughput(name, train, threads, t) for t in (None, torch.bfloat16)]
                 for _ in range(3)
             ]
             f32, bf16 = (statistics.median(taken) for taken in zip(*turns, strict=True))
